@@ -1,0 +1,217 @@
+"""Typed settings loaded from params.yaml.
+
+One section per stage. A `profile` picks a named block of overrides (e.g. `quick` for tests),
+and `-S key.path=value` overrides apply last. Anything wrong -- an unknown key, a wrong type, an
+out-of-range value -- raises `SettingsError` naming the file, the key path, the value and what
+is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ModelName = Literal["resnet18", "resnet50", "osnet_x0_25", "osnet_x1_0", "mobilenetv2_x1_0"]
+DatasetKind = Literal["synthetic", "market1501", "csv"]
+
+
+class SettingsError(ValueError):
+    """A user-fixable problem in params.yaml or an override."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DomainSettings(Section):
+    kind: DatasetKind = "synthetic"
+    # synthetic/market1501: a folder in Market-1501 layout; csv: a manifest file path,pid,camid[,split]
+    path: str
+
+
+class SynthSettings(Section):
+    ids: int = Field(300, ge=4, description="identities per domain (half train, half test)")
+    min_cameras: int = Field(2, ge=2)
+    images_per_camera: tuple[int, int] = (2, 5)
+    workers: int = Field(2, ge=1)
+
+    @field_validator("images_per_camera")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high:
+            raise ValueError("must be [low, high] with 1 <= low <= high")
+        return value
+
+
+class DataSettings(Section):
+    source: DomainSettings
+    target: DomainSettings
+    synth: SynthSettings = SynthSettings()
+    height: int = Field(128, ge=32, le=512)
+    width: int = Field(64, ge=16, le=256)
+    skip_corrupt: bool = False  # skip unreadable images with a warning count instead of failing
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"image size must be a multiple of 8, e.g. {max(8, value // 8 * 8)}")
+        return value
+
+
+class AugmentSettings(Section):
+    flip: bool = True
+    pad_crop: int = Field(4, ge=0, le=32)
+    erasing: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class TrainSettings(Section):
+    model: ModelName = "resnet18"
+    epochs: int = Field(20, ge=1)
+    ids_per_batch: int = Field(16, ge=2, description="P of the P x K identity-balanced sampler")
+    images_per_id: int = Field(4, ge=2, description="K of the P x K sampler")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(3.5e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0)
+    warmup_epochs: int = Field(2, ge=0)
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_epochs: tuple[int, ...] = ()
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    triplet_margin: float = Field(0.3, gt=0.0)
+    triplet_weight: float = Field(1.0, ge=0.0)
+    augment: AugmentSettings = AugmentSettings()
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "TrainSettings":
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+class EvaluateSettings(Section):
+    batch_size: int = Field(128, ge=1)
+    query_chunk: int = Field(256, ge=1, description="queries ranked at once; bounds memory")
+    max_rank: int = Field(50, ge=10)
+
+
+class TrackingSettings(Section):
+    # Relative sqlite paths are resolved against the project root: MLflow needs absolute URIs.
+    uri: str = "sqlite:///mlruns.db"
+    experiment: str = "reid-prune"
+    artifact_root: str = "mlartifacts"
+
+
+class Settings(Section):
+    profile: str = "default"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0)
+    outputs: str = "outputs"
+    data: DataSettings
+    pretrain: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`pretrain.epochs=2` -> (["pretrain", "epochs"], 2); the value is parsed as YAML."""
+    if "=" not in text:
+        raise SettingsError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. pretrain.epochs=2")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SettingsError(f"override {text!r}: empty key")
+    return parts, yaml.safe_load(raw)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_path(tree: dict, parts: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{origin}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(error: ValidationError, origin: str, tree: dict) -> str:
+    lines = [f"invalid settings in {origin}:"]
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key; remove it or check its spelling")
+            continue
+        shown = item.get("input")
+        if isinstance(shown, dict):
+            shown = "{...}"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path} = {shown!r}: {message}")
+    return "\n".join(lines)
+
+
+def build_settings(tree: dict, origin: str = "params.yaml") -> Settings:
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as error:
+        raise SettingsError(_format_errors(error, origin, tree)) from None
+
+
+def load_settings(
+    path: str | Path = "params.yaml",
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Settings:
+    """Read params.yaml, apply the chosen profile's overrides, then `-S` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"settings file {path} not found; run from the project root or pass --params")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise SettingsError(f"{path}: expected a mapping of sections at the top level")
+    profiles = tree.pop("profiles", {}) or {}
+    chosen = profile or tree.get("profile", "default")
+    if chosen != "default":
+        if chosen not in profiles:
+            valid = ", ".join(["default", *profiles])
+            raise SettingsError(f"{path}: profile {chosen!r} is not defined under `profiles`; valid: {valid}")
+        tree = _merge(tree, profiles[chosen])
+    tree["profile"] = chosen
+    for text in overrides:
+        parts, value = parse_override(text)
+        _set_path(tree, parts, value, f"override {text!r}")
+    origin = f"{path}" + (f" (profile {chosen})" if chosen != "default" else "")
+    if overrides:
+        origin += f" with overrides {list(overrides)}"
+    return build_settings(tree, origin)
+
+
+def project_root() -> Path:
+    return Path.cwd()
+
+
+def tracking_uri(settings: TrackingSettings, root: Path | None = None) -> str:
+    """Absolute MLflow URI: MLflow 3 refuses file stores and mis-resolves relative sqlite paths."""
+    uri = settings.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        db = (root or project_root()) / uri[len(prefix):]
+        return f"sqlite:///{db.resolve()}"
+    return uri

@@ -1,0 +1,123 @@
+"""From `(path, pid, camid)` lists to batches: decoded-image cache, augmentation, P x K sampler.
+
+Images are decoded and resized once into a uint8 tensor: ReID boxes are small (128x64 is 24 KB),
+so even Market-1501's 12,936 training images fit in ~320 MB, and JPEG decoding no longer costs
+a CPU core every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Item = tuple[str, int, int]  # torchreid's contract: (path, pid, camid)
+
+
+def load_images(paths: Sequence[str], height: int, width: int, progress: bool = True) -> torch.Tensor:
+    """Decode and resize every image once: N x 3 x height x width, uint8."""
+    images = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
+    for i, path in enumerate(tqdm(paths, desc="decoding images", disable=not progress, leave=False)):
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((width, height), Image.BILINEAR)
+            images[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    return images
+
+
+def train_transform(height: int, width: int, flip: bool, pad_crop: int, erasing: float) -> v2.Compose:
+    steps: list = []
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if pad_crop:
+        steps += [v2.Pad(pad_crop), v2.RandomCrop((height, width))]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if erasing:
+        # Random erasing fills with zeros, i.e. the dataset mean after normalisation.
+        steps.append(v2.RandomErasing(p=erasing, value=0))
+    return v2.Compose(steps)
+
+
+def test_transform() -> v2.Compose:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class ImageSet(Dataset):
+    """Cached images with labels; returns (image, label, camid)."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int], camids: Sequence[int], transform) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.camids = torch.as_tensor(camids, dtype=torch.long)
+        self.transform = transform
+
+    @classmethod
+    def from_items(cls, items: Sequence[Item], height: int, width: int, transform, progress: bool = True) -> "ImageSet":
+        images = load_images([path for path, _, _ in items], height, width, progress)
+        return cls(images, [pid for _, pid, _ in items], [cam for _, _, cam in items], transform)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index]), self.labels[index], self.camids[index]
+
+
+def relabel(pids: Sequence[int]) -> list[int]:
+    """Map identity ids to 0..N-1 in sorted order (the classifier's targets)."""
+    mapping = {pid: label for label, pid in enumerate(sorted(set(pids)))}
+    return [mapping[pid] for pid in pids]
+
+
+class IdentityBatchSampler(Sampler[list[int]]):
+    """P identities x K images per batch, so every batch holds positives for the triplet loss.
+
+    Randomness comes from (seed, epoch) only: call `set_epoch` and an interrupted run that
+    resumes at epoch e sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, seed: int = 0) -> None:
+        self.by_label: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            self.by_label[int(label)].append(index)
+        if len(self.by_label) < ids_per_batch:
+            raise ValueError(
+                f"ids_per_batch={ids_per_batch} but the training set has only {len(self.by_label)} "
+                f"identities; lower pretrain.ids_per_batch"
+            )
+        self.p, self.k, self.seed, self.epoch = ids_per_batch, images_per_id, seed, 0
+        chunks = sum(max(1, len(v) // self.k) for v in self.by_label.values())
+        self.batches_per_epoch = max(1, chunks // self.p)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks: dict[int, list[list[int]]] = {}
+        for label, indices in self.by_label.items():
+            # Identities with fewer than K images are sampled with replacement up to K.
+            picked = rng.permutation(indices) if len(indices) >= self.k else rng.choice(indices, self.k)
+            usable = max(self.k, len(picked) // self.k * self.k)
+            chunks[label] = [list(map(int, picked[i:i + self.k])) for i in range(0, usable, self.k)]
+        for _ in range(self.batches_per_epoch):
+            available = [label for label, rest in chunks.items() if rest]
+            if len(available) < self.p:
+                break
+            batch = []
+            for label in rng.choice(available, self.p, replace=False):
+                batch += chunks[int(label)].pop()
+            yield batch

@@ -1,0 +1,98 @@
+"""The pipeline's stages as plain functions: settings and paths in, paths and metrics out.
+
+These run in a notebook with no server; Prefect tasks in `tasks/` wrap them with caching and
+tracking. Each stage validates its inputs before any long computation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from reid_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reid_models.config import DataSettings, DomainSettings, EvaluateSettings, Settings
+from reid_models.data.loading import ImageSet, relabel, test_transform, train_transform
+from reid_models.data.readers import ReIDSplits, read_dataset, validate_splits
+from reid_models.data.synth import generate_domain
+from reid_models.evaluate import evaluate_features
+from reid_models.features import extract_features
+from reid_models.models import ReIDNet, resolve_device
+from reid_models.train import EpochCallback, train_model
+
+log = logging.getLogger(__name__)
+
+
+def prepare_domain(domain: str, settings: DomainSettings, data: DataSettings, seed: int) -> Path:
+    """Make the synthetic domain if it is missing; real datasets must already be on disk."""
+    path = Path(settings.path)
+    if settings.kind == "synthetic" and not (path / "manifest.csv").is_file():
+        log.info("generating the synthetic %s domain in %s", domain, path)
+        generate_domain(path, domain, seed=seed, ids=data.synth.ids, min_cameras=data.synth.min_cameras,
+                        images_per_camera=data.synth.images_per_camera, workers=data.synth.workers)
+    return path
+
+
+def load_domain(settings: DomainSettings, data: DataSettings, seed: int, check_images: bool = True) -> ReIDSplits:
+    """Read and validate a domain (clear errors before any training)."""
+    splits = read_dataset(settings.kind, settings.path, seed=seed)
+    report = validate_splits(splits, check_images=check_images, skip_corrupt=data.skip_corrupt)
+    return report.splits
+
+
+def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | None = None) -> dict:
+    """Train a ReID model on the labelled source domain. Returns the checkpoint path and history."""
+    out_dir = Path(out_dir)
+    data, train_settings = settings.data, settings.pretrain
+    device = resolve_device(settings.device)
+    splits = load_domain(data.source, data, settings.seed)
+    labels = relabel([pid for _, pid, _ in splits.train])
+    images = ImageSet.from_items(splits.train, data.height, data.width,
+                                 train_transform(data.height, data.width, **train_settings.augment.model_dump()))
+    images.labels = torch.as_tensor(labels)
+    torch.manual_seed(settings.seed)
+    model = ReIDNet(train_settings.model, num_classes=len(set(labels)))
+    began = time.perf_counter()
+    history = train_model(model, images, train_settings, device, seed=settings.seed,
+                          checkpoint_path=out_dir / "last.pt", on_epoch=on_epoch)
+    checkpoint = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, history))
+    return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
+            "train_images": len(images), "train_ids": len(set(labels))}
+
+
+def model_payload(model: ReIDNet, settings: Settings, history: list[dict]) -> dict:
+    return {
+        "state_dict": model.state_dict(),
+        "model": model.backbone_name,
+        "num_classes": model.classifier.out_features,
+        "feature_dim": model.feature_dim,
+        "settings": settings.model_dump(mode="json"),
+        "history": history,
+    }
+
+
+def load_model(checkpoint: str | Path) -> ReIDNet:
+    payload = load_checkpoint(checkpoint)
+    for key in ("model", "num_classes"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {checkpoint} lacks {key!r}; it is a training state, not a model")
+    model = ReIDNet(payload["model"], num_classes=payload["num_classes"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit a {payload['model']}: {error}") from None
+    return model
+
+
+def evaluate_model(model: torch.nn.Module, splits: ReIDSplits, data: DataSettings, settings: EvaluateSettings,
+                   device: torch.device) -> dict:
+    """Market-1501 protocol on a domain's query/gallery: rank-1/5/10, mAP, mINP."""
+    transform = test_transform()
+    query = ImageSet.from_items(splits.query, data.height, data.width, transform)
+    gallery = ImageSet.from_items(splits.gallery, data.height, data.width, transform)
+    qf = extract_features(model, query, device, settings.batch_size)
+    gf = extract_features(model, gallery, device, settings.batch_size)
+    return evaluate_features(qf, gf, query.labels.numpy(), gallery.labels.numpy(), query.camids.numpy(),
+                             gallery.camids.numpy(), max_rank=settings.max_rank, query_chunk=settings.query_chunk)

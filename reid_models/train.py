@@ -1,0 +1,154 @@
+"""The training loop: cross-entropy with label smoothing + batch-hard triplet, P x K batches.
+
+Losses are plain functions. Side effects (logging to a tracker, printing) happen in the
+`on_epoch` callback, never inside the loop. A checkpoint is written atomically after every
+epoch; calling `train_model` again with the same checkpoint path resumes after the last
+finished epoch and, because all randomness is derived from (seed, epoch), ends with the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid_models.checkpoint import load_checkpoint, save_checkpoint
+from reid_models.config import TrainSettings
+from reid_models.data.loading import IdentityBatchSampler, ImageSet
+from reid_models.models import ReIDNet
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[dict], None]
+
+
+def identity_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+def batch_hard_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """For each anchor: its farthest positive and nearest negative in the batch (Hermans et al.)."""
+    distances = torch.cdist(features, features)
+    same = labels[:, None] == labels[None, :]
+    hardest_positive = (distances * same).max(dim=1).values
+    hardest_negative = distances.masked_fill(same, float("inf")).min(dim=1).values
+    return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
+def lr_factor(epoch: int, settings: TrainSettings) -> float:
+    """Linear warm-up from 10% of the rate, then cosine decay to 1% or steps of 0.1."""
+    if epoch < settings.warmup_epochs:
+        return 0.1 + 0.9 * epoch / settings.warmup_epochs
+    if settings.schedule == "step":
+        return 0.1 ** sum(epoch >= step for step in settings.step_epochs)
+    span = max(1, settings.epochs - settings.warmup_epochs)
+    progress = (epoch - settings.warmup_epochs) / span
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainSettings, backbone_lr_scale: float = 1.0):
+    """Backbone may learn slower than the head (fine-tuning); `base_lr` keeps each group's rate."""
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [
+        {"params": backbone, "base_lr": settings.lr * backbone_lr_scale},
+        {"params": head, "base_lr": settings.lr},
+    ]
+    for group in groups:
+        group["lr"] = group["base_lr"]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
+
+
+def _fingerprint(settings: TrainSettings, seed: int, num_classes: int) -> dict:
+    """What must match for a checkpoint to be resumed rather than started over."""
+    return {"settings": settings.model_dump(mode="json"), "seed": seed, "num_classes": num_classes}
+
+
+def train_model(
+    model: ReIDNet,
+    train_set: ImageSet,
+    settings: TrainSettings,
+    device: torch.device,
+    seed: int = 0,
+    checkpoint_path: str | Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    backbone_lr_scale: float = 1.0,
+    progress: bool = True,
+) -> list[dict]:
+    """Train `model` in place; return one metrics dict per epoch (resumed epochs included)."""
+    model.to(device)
+    optimizer = build_optimizer(model, settings, backbone_lr_scale)
+    sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=settings.num_workers)
+    fingerprint = _fingerprint(settings, seed, model.classifier.out_features)
+    history: list[dict] = []
+    start = 0
+
+    if checkpoint_path and Path(checkpoint_path).is_file():
+        state = load_checkpoint(checkpoint_path)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, start = list(state["history"]), int(state["epoch"])
+            log.info("resuming from %s after epoch %d", checkpoint_path, start)
+        else:
+            log.warning("ignoring %s: it was written with other settings; training from scratch", checkpoint_path)
+
+    for epoch in range(start, settings.epochs):
+        torch.manual_seed(seed * 100_003 + epoch)  # augmentation randomness, reproducible per epoch
+        sampler.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(epoch, settings)
+        model.train()
+        totals = {"loss": 0.0, "id_loss": 0.0, "triplet_loss": 0.0, "correct": 0, "seen": 0}
+        began = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
+        for images, labels, _ in bar:
+            images, labels = images.to(device), labels.to(device)
+            out = model(images)
+            id_term = identity_loss(out.logits, labels, settings.label_smoothing)
+            tri_term = batch_hard_triplet_loss(out.features, labels, settings.triplet_margin)
+            loss = id_term + settings.triplet_weight * tri_term
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(labels)
+            totals["loss"] += loss.item() * n
+            totals["id_loss"] += id_term.item() * n
+            totals["triplet_loss"] += tri_term.item() * n
+            totals["correct"] += int((out.logits.argmax(1) == labels).sum())
+            totals["seen"] += n
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{totals['seen'] / (time.perf_counter() - began):.0f}")
+        seconds = time.perf_counter() - began
+        seen = max(1, totals["seen"])
+        record = {
+            "epoch": epoch + 1,
+            "loss": totals["loss"] / seen,
+            "id_loss": totals["id_loss"] / seen,
+            "triplet_loss": totals["triplet_loss"] / seen,
+            "train_accuracy": totals["correct"] / seen,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "images": totals["seen"],
+            "images_per_s": totals["seen"] / seconds,
+            "seconds": seconds,
+        }
+        history.append(record)
+        log.info("epoch %d/%d loss %.3f acc %.3f (%.0f img/s)", epoch + 1, settings.epochs,
+                 record["loss"], record["train_accuracy"], record["images_per_s"])
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, {
+                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "history": history, "fingerprint": fingerprint,
+            })
+        if on_epoch:
+            on_epoch(record)
+    return history

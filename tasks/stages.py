@@ -1,0 +1,76 @@
+"""Prefect tasks: one per pipeline stage. Each calls the core, logs to MLflow, returns paths.
+
+Retries are for transient failures only: a `SettingsError`, `DataError` or `CheckpointError`
+is the user's to fix, so it fails at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from reid_models.checkpoint import CheckpointError, save_json
+from reid_models.config import SettingsError, Settings
+from reid_models.data.readers import DataError
+from reid_models.models import resolve_device
+from reid_models import stages
+from tasks.tracking import Tracker
+
+USER_ERRORS = (SettingsError, DataError, CheckpointError, ValueError)
+
+
+def _transient(task_, task_run, state) -> bool:
+    """Retry only what is not the user's fault (e.g. a locked SQLite file, a full disk freed later)."""
+    try:
+        state.result()
+    except USER_ERRORS:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="prepare-data", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def prepare_data(settings: Settings, tracker: Tracker | None = None) -> dict:
+    """Generate missing synthetic domains, then read and validate both domains."""
+    summary = {}
+    for domain in ("source", "target"):
+        domain_settings = getattr(settings.data, domain)
+        stages.prepare_domain(domain, domain_settings, settings.data, settings.seed)
+        splits = stages.load_domain(domain_settings, settings.data, settings.seed)
+        summary[domain] = {"path": domain_settings.path, "train_images": len(splits.train),
+                           "train_ids": splits.num_train_pids, "query": len(splits.query),
+                           "gallery": len(splits.gallery), "cameras": splits.num_cameras}
+    report = save_json(Path(settings.outputs) / "data" / "summary.json", summary)
+    if tracker:
+        tracker.artifact(report, "data")
+    return summary
+
+
+@task(name="pretrain", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def pretrain(settings: Settings, tracker: Tracker | None = None) -> str:
+    """Train on the source domain; resumes from the last epoch checkpoint after a crash."""
+    out_dir = Path(settings.outputs) / "pretrain"
+    if tracker:
+        tracker.params({"data": settings.data.model_dump(mode="json"),
+                        "pretrain": settings.pretrain.model_dump(mode="json"), "seed": settings.seed})
+    on_epoch = (lambda record: tracker.metrics(record, "pretrain.", step=record["epoch"])) if tracker else None
+    result = stages.pretrain(settings, out_dir, on_epoch=on_epoch)
+    save_json(out_dir / "history.json", result["history"])
+    if tracker:
+        tracker.metrics({"seconds": result["seconds"], "train_images": result["train_images"]}, "pretrain.")
+    return result["checkpoint"]
+
+
+@task(name="evaluate", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def evaluate(settings: Settings, checkpoint: str, domain: str, tracker: Tracker | None = None) -> dict:
+    """Market-1501 protocol on one domain's query/gallery split."""
+    model = stages.load_model(checkpoint)
+    splits = stages.load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
+    metrics = stages.evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device))
+    save_json(Path(settings.outputs) / "evaluate" / f"{domain}.json", metrics)
+    if tracker:
+        tracker.metrics({k: v for k, v in metrics.items() if k != "cmc"}, f"{domain}.")
+    return metrics

@@ -1,0 +1,68 @@
+import pytest
+
+from reid_models.config import SettingsError, load_settings, tracking_uri
+from reid_models.models import BACKBONES
+from tests.conftest import PARAMS
+
+
+def test_default_and_quick_profiles_load():
+    default = load_settings(PARAMS)
+    quick = load_settings(PARAMS, profile="quick")
+    assert default.profile == "default" and quick.profile == "quick"
+    assert quick.pretrain.epochs < default.pretrain.epochs
+    assert quick.data.source.path != default.data.source.path
+
+
+def test_override_changes_one_key_and_parses_types():
+    settings = load_settings(PARAMS, overrides=["pretrain.epochs=3", "data.skip_corrupt=true"])
+    assert settings.pretrain.epochs == 3
+    assert settings.data.skip_corrupt is True
+    assert settings.pretrain.lr == load_settings(PARAMS).pretrain.lr
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("pretrain.epochs=-1", ["pretrain.epochs", "-1", "greater than or equal to 1"]),
+        ("data.height=100", ["data.height", "100", "multiple of 8"]),
+        ("pretrain.model=resnet9000", ["pretrain.model", "resnet9000", "resnet18"]),
+        ("data.source.kind=imagenet", ["data.source.kind", "imagenet", "market1501"]),
+        ("pretrain.label_smoothing=1.5", ["pretrain.label_smoothing", "1.5"]),
+        ("pretrain.epochs=many", ["pretrain.epochs", "many", "integer"]),
+        ("pretrain.epochz=3", ["pretrain.epochz", "unknown key"]),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override, words):
+    with pytest.raises(SettingsError) as error:
+        load_settings(PARAMS, overrides=[override])
+    message = str(error.value)
+    assert "params.yaml" in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_profile_lists_valid_ones():
+    with pytest.raises(SettingsError, match="quick"):
+        load_settings(PARAMS, profile="huge")
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+    with pytest.raises(SettingsError, match="KEY.PATH=VALUE"):
+        load_settings(PARAMS, overrides=["pretrain.epochs"])
+
+
+def test_model_names_in_config_match_the_model_registry():
+    from typing import get_args
+
+    from reid_models.config import ModelName
+
+    assert set(get_args(ModelName)) == set(BACKBONES)
+
+
+def test_tracking_uri_is_made_absolute(tmp_path):
+    settings = load_settings(PARAMS)
+    uri = tracking_uri(settings.tracking, root=tmp_path)
+    assert uri == f"sqlite:///{(tmp_path / 'mlruns.db').resolve()}"
+    assert uri.startswith("sqlite:////")

@@ -1,0 +1,67 @@
+"""The prune-adapt flow end to end on the quick profile, under a throwaway Prefect server."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PARAMS, ROOT, quick_overrides
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_flow_trains_evaluates_and_tracks(prefect_harness, tiny_domains, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows.prune_adapt import prune_adapt
+
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2")
+    summary = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
+
+    assert set(summary) == {"source", "target"}
+    for metrics in summary.values():
+        assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1.0
+        assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 < metrics["mINP"] <= 1.0
+    outputs = tmp_path / "outputs"
+    assert json.loads((outputs / "metrics.json").read_text()) == summary
+    assert (outputs / "pretrain" / "model.pt").is_file()
+    history = json.loads((outputs / "pretrain" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reid-prune")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["pretrain.model"] == "osnet_x0_25"
+    assert run.data.metrics["target.rank1"] == pytest.approx(summary["target"]["rank1"])
+    epochs = client.get_metric_history(run.info.run_id, "pretrain.loss")
+    assert [m.step for m in epochs] == [1, 2]
+
+
+def test_bad_settings_fail_before_any_work(tmp_path):
+    """The CLI stops with the key path and leaves nothing behind."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--profile", "quick", "-S", "pretrain.epochs=-3",
+         "-S", f"outputs={tmp_path / 'out'}", "--params", str(PARAMS)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "pretrain.epochs" in result.stdout and "-3" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_fails_with_the_path_and_the_fix(tmp_path):
+    from reid_models.config import load_settings
+    from reid_models.data.readers import DataError
+    from reid_models.stages import load_domain
+
+    settings = load_settings(PARAMS, overrides=[f"data.target.path={tmp_path / 'nowhere'}", "data.target.kind=market1501"])
+    with pytest.raises(DataError, match="nowhere"):
+        load_domain(settings.data.target, settings.data, seed=0)
