@@ -9,6 +9,7 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -68,9 +69,12 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings, backbone_lr
     return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
 
-def _fingerprint(settings: TrainSettings, seed: int, num_classes: int) -> dict:
-    """What must match for a checkpoint to be resumed rather than started over."""
-    return {"settings": settings.model_dump(mode="json"), "seed": seed, "num_classes": num_classes}
+def _fingerprint(settings: TrainSettings, seed: int, train_set: ImageSet) -> dict:
+    """What must match for a checkpoint to be resumed rather than started over: same recipe,
+    same seed, same images and labels."""
+    digest = hashlib.sha1(train_set.images.numpy().tobytes())
+    digest.update(train_set.labels.numpy().tobytes())
+    return {"settings": settings.model_dump(mode="json"), "seed": seed, "data": digest.hexdigest()}
 
 
 def train_model(
@@ -89,7 +93,7 @@ def train_model(
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
     sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=settings.num_workers)
-    fingerprint = _fingerprint(settings, seed, model.classifier.out_features)
+    fingerprint = _fingerprint(settings, seed, train_set)
     history: list[dict] = []
     start = 0
 
