@@ -14,7 +14,7 @@ import flows  # noqa: F401  (sets telemetry-off environment before Prefect/MLflo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prune a person ReID model for a new camera domain, with evidence.")
-console = Console()
+console = Console(soft_wrap=True)  # long paths in errors stay on one line
 
 ProfileOption = Annotated[Optional[str], typer.Option("--profile", "-p", help="profile from params.yaml (default, quick)")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override: KEY.PATH=VALUE, repeatable")]
@@ -35,13 +35,19 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _metrics_table(summary: dict) -> Table:
-    table = Table(title="ReID metrics (Market-1501 protocol)")
-    table.add_column("test set")
-    for column in ("rank1", "rank5", "rank10", "mAP", "mINP"):
-        table.add_column(column, justify="right")
-    labels = {"source": "source (same cameras)", "target": "target (new cameras, direct transfer)"}
-    for domain, values in summary.items():
-        table.add_row(labels.get(domain, domain), *(f"{100 * values[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+    """One row per model and test set: cost and ReID metrics (percent)."""
+    table = Table(title="ReID metrics (Market-1501 protocol) and cost")
+    for column in ("model", "test set", "GFLOPs", "params (M)", "latency (ms)", "rank1", "rank5", "rank10",
+                   "mAP", "mINP"):
+        table.add_column(column, justify="left" if column in ("model", "test set") else "right")
+    labels = {"source": "source (same cameras)", "target": "target (new cameras)"}
+    for model, result in summary.items():
+        cost = result["cost"]
+        for domain in ("source", "target"):
+            values = result[domain]
+            table.add_row(model, labels[domain], f"{cost['flops'] / 1e9:.3f}", f"{cost['params'] / 1e6:.2f}",
+                          f"{cost.get('latency_ms', float('nan')):.1f}",
+                          *(f"{100 * values[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
     return table
 
 
@@ -63,13 +69,14 @@ def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOpt
     except _user_errors() as error:
         _fail(error)
     console.print(_metrics_table(summary))
-    console.print(f"metrics: {Path(settings.outputs) / 'metrics.json'}   checkpoint: "
-                  f"{Path(settings.outputs) / 'pretrain' / 'model.pt'}")
+    outputs = Path(settings.outputs)
+    console.print(f"metrics: {outputs / 'metrics.json'}   checkpoints: {outputs / 'pretrain' / 'model.pt'}, "
+                  f"{outputs / 'prune' / 'model.pt'}")
     console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open http://127.0.0.1:5000")
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="data | pretrain | evaluate")],
+def stage(name: Annotated[str, typer.Argument(help="data | pretrain | prune | evaluate")],
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run one stage as its own flow (what dvc.yaml calls)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -100,6 +107,60 @@ def synth(domain: Annotated[str, typer.Option(help="source | target")],
         _fail(error)
     counts = {folder.name: len(list(folder.glob("*.jpg"))) for folder in sorted(path.iterdir()) if folder.is_dir()}
     console.print(f"wrote {path}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+
+
+@app.command()
+def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
+          out: Annotated[Path, typer.Option(help="folder for the pruned model.pt, architecture.json, prune_report.json")],
+          criterion: Annotated[Optional[str], typer.Option(help="plfp | l1 | l2 | fpgm | taylor | random")] = None,
+          flops_reduction: Annotated[Optional[float], typer.Option(help="share of FLOPs to remove, (0, 0.95]")] = None,
+          mode: Annotated[Optional[str], typer.Option(help="progressive | oneshot")] = None,
+          profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
+    """Prune a trained model and fine-tune it (data and fine-tuning settings from params.yaml's prune section)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from reid_models.config import load_settings
+    from reid_models.stages import prune as prune_checkpoint
+
+    chosen = {"prune.criterion": criterion, "prune.flops_reduction": flops_reduction, "prune.mode": mode}
+    overrides = [*(set_ or []), *(f"{key}={value}" for key, value in chosen.items() if value is not None)]
+    try:
+        settings = load_settings(params, profile, overrides)
+        result = prune_checkpoint(settings, checkpoint, out)
+    except (*_user_errors(), ValueError) as error:
+        _fail(error)
+    report = result["report"]
+    console.print(f"pruned {checkpoint} with {report['criterion']} ({report['mode']}): FLOPs "
+                  f"{report['flops_before'] / 1e6:.1f}M -> {report['flops_after'] / 1e6:.1f}M "
+                  f"({100 * report['measured_reduction']:.1f}% fewer), params {report['params_before'] / 1e6:.2f}M -> "
+                  f"{report['params_after'] / 1e6:.2f}M")
+    console.print(f"wrote {result['checkpoint']}")
+
+
+@app.command()
+def inspect(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned or not)")],
+            height: int = 128, width: int = 64,
+            timing: Annotated[bool, typer.Option(help="also time CPU latency and throughput")] = False) -> None:
+    """Architecture, FLOPs, parameters and size of a checkpoint."""
+    from reid_models.complexity import measure
+    from reid_models.pruning.graph import ChannelGraph
+    from reid_models.stages import load_model
+
+    try:
+        model = load_model(checkpoint)
+    except _user_errors() as error:
+        _fail(error)
+    table = Table(title=f"{checkpoint}: {model.backbone_name}, embedding {model.feature_dim}")
+    table.add_column("channel group (root conv)")
+    table.add_column("channels", justify="right")
+    for group in ChannelGraph(model, height, width).filter_groups():
+        table.add_row(group.name, str(group.channels))
+    console.print(table)
+    cost = measure(model, height, width, timing=timing)
+    console.print(f"FLOPs {cost['flops'] / 1e6:.1f}M (MACs {cost['macs'] / 1e6:.1f}M) at {height}x{width}, "
+                  f"params {cost['params'] / 1e6:.3f}M, size {cost['size_bytes'] / 1e6:.1f} MB")
+    if timing:
+        console.print(f"CPU latency (batch 1) {cost['latency_ms']:.1f} ms, throughput (batch 32) "
+                      f"{cost['throughput_ips']:.0f} images/s, {cost['threads']} threads")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `prune-adapt` flow: data -> pretrain on source -> evaluate on source and target.
+"""The `prune-adapt` flow: data -> pretrain on source -> prune -> evaluate both models on both domains.
 
 Each stage is also a flow of its own (`prune-adapt-data`, ...), which is what `dvc repro`
 runs, so there is one definition of each stage.
@@ -12,20 +12,28 @@ from prefect import flow
 
 from reid_models.checkpoint import save_json
 from reid_models.config import Settings, load_settings
-from tasks.stages import evaluate, prepare_data, pretrain
+from tasks.stages import evaluate, prepare_data, pretrain, prune
 from tasks.tracking import tracked_run
 
-DOMAINS = ("source", "target")
+KEPT_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries", "num_skipped_queries")
 
 
 def settings_for(profile: str | None, overrides: list[str] | None, params: str) -> Settings:
     return load_settings(params, profile, overrides or [])
 
 
-def _summarise(settings: Settings, metrics: dict[str, dict]) -> dict:
-    """metrics.json: per domain rank-1/5/10, mAP, mINP (what DVC tracks as metrics)."""
-    keep = ("rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries", "num_skipped_queries")
-    summary = {domain: {k: values[k] for k in keep if k in values} for domain, values in metrics.items()}
+def checkpoints(settings: Settings) -> dict[str, str]:
+    outputs = Path(settings.outputs)
+    return {"unpruned": str(outputs / "pretrain" / "model.pt"), "pruned": str(outputs / "prune" / "model.pt")}
+
+
+def _summarise(settings: Settings, results: dict[str, dict]) -> dict:
+    """metrics.json (what DVC tracks): per model its cost and per-domain rank-k, mAP, mINP."""
+    summary = {
+        model: {"cost": result["cost"],
+                **{domain: {k: result[domain][k] for k in KEPT_METRICS} for domain in ("source", "target")}}
+        for model, result in results.items()
+    }
     save_json(Path(settings.outputs) / "metrics.json", summary)
     return summary
 
@@ -39,10 +47,12 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
         tracker.params({"profile": settings.profile, "device": settings.device, "seed": settings.seed,
                         "evaluate": settings.evaluate.model_dump(mode="json")})
         prepare_data(settings, tracker)
-        checkpoint = pretrain(settings, tracker)
-        tracker.artifact(checkpoint, "pretrain")
-        metrics = {domain: evaluate(settings, checkpoint, domain, tracker) for domain in DOMAINS}
-        summary = _summarise(settings, metrics)
+        unpruned = pretrain(settings, tracker)
+        tracker.artifact(unpruned, "pretrain")
+        pruned = prune(settings, unpruned, tracker)
+        results = {label: evaluate(settings, path, label, tracker)
+                   for label, path in {"unpruned": unpruned, "pruned": pruned}.items()}
+        summary = _summarise(settings, results)
         tracker.artifact(Path(settings.outputs) / "metrics.json")
     return summary
 
@@ -60,14 +70,21 @@ def pretrain_stage(profile: str | None = None, overrides: list[str] | None = Non
         return pretrain(settings, tracker)
 
 
+@flow(name="prune-adapt-prune")
+def prune_stage(profile: str | None = None, overrides: list[str] | None = None,
+                params: str = "params.yaml") -> str:
+    settings = settings_for(profile, overrides, params)
+    with tracked_run(settings, f"prune-{settings.profile}") as tracker:
+        return prune(settings, checkpoints(settings)["unpruned"], tracker)
+
+
 @flow(name="prune-adapt-evaluate")
 def evaluate_stage(profile: str | None = None, overrides: list[str] | None = None,
                    params: str = "params.yaml") -> dict:
     settings = settings_for(profile, overrides, params)
-    checkpoint = str(Path(settings.outputs) / "pretrain" / "model.pt")
     with tracked_run(settings, f"evaluate-{settings.profile}") as tracker:
-        metrics = {domain: evaluate(settings, checkpoint, domain, tracker) for domain in DOMAINS}
-        return _summarise(settings, metrics)
+        results = {label: evaluate(settings, path, label, tracker) for label, path in checkpoints(settings).items()}
+        return _summarise(settings, results)
 
 
-STAGE_FLOWS = {"data": data_stage, "pretrain": pretrain_stage, "evaluate": evaluate_stage}
+STAGE_FLOWS = {"data": data_stage, "pretrain": pretrain_stage, "prune": prune_stage, "evaluate": evaluate_stage}

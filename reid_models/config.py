@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ModelName = Literal["resnet18", "resnet50", "osnet_x0_25", "osnet_x1_0", "mobilenetv2_x1_0"]
 DatasetKind = Literal["synthetic", "market1501", "csv"]
+CriterionName = Literal["plfp", "l1", "l2", "fpgm", "taylor", "random"]
 
 
 class SettingsError(ValueError):
@@ -70,8 +71,9 @@ class AugmentSettings(Section):
     erasing: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class TrainSettings(Section):
-    model: ModelName = "resnet18"
+class TrainRecipe(Section):
+    """How to train: optimiser, schedule, losses, batches, augmentation."""
+
     epochs: int = Field(20, ge=1)
     ids_per_batch: int = Field(16, ge=2, description="P of the P x K identity-balanced sampler")
     images_per_id: int = Field(4, ge=2, description="K of the P x K sampler")
@@ -88,10 +90,38 @@ class TrainSettings(Section):
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainSettings":
+    def _warmup_fits(self) -> "TrainRecipe":
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         return self
+
+
+class TrainSettings(TrainRecipe):
+    """Pretraining: the recipe plus which backbone to train."""
+
+    model: ModelName = "resnet18"
+
+
+class FinetuneSettings(TrainRecipe):
+    """Training while (progressive) or after (one-shot) pruning; same recipe, shorter."""
+
+    epochs: int = Field(6, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class PruneSettings(Section):
+    criterion: CriterionName = "plfp"
+    flops_reduction: float = Field(0.5, gt=0.0, le=0.95, description="share of FLOPs to remove, (0, 0.95]")
+    mode: Literal["progressive", "oneshot"] = "progressive"
+    allocation: Literal["global", "uniform"] = "global"
+    layer_cap: float = Field(0.95, gt=0.0, le=0.95, description="most a channel group may lose")
+    plfp_k: int = Field(3, ge=1, le=64)
+    decay: float = Field(0.3, ge=0.0, lt=1.0, description="PLFP: selected filters are multiplied by it each epoch")
+    prune_embedding: bool = False
+    round_channels: int = Field(1, ge=1, le=64, description="kept channels rounded to a multiple (8 helps CPUs)")
+    taylor_batches: int = Field(4, ge=1)
+    data: Literal["source", "target"] = "source"
+    finetune: FinetuneSettings = FinetuneSettings()
 
 
 class EvaluateSettings(Section):
@@ -114,6 +144,7 @@ class Settings(Section):
     outputs: str = "outputs"
     data: DataSettings
     pretrain: TrainSettings = TrainSettings()
+    prune: PruneSettings = PruneSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from reid_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reid_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_json
 from reid_models.config import DataSettings, DomainSettings, EvaluateSettings, Settings
 from reid_models.data.loading import ImageSet, relabel, test_transform, train_transform
 from reid_models.data.readers import ReIDSplits, read_dataset, validate_splits
@@ -20,6 +20,9 @@ from reid_models.data.synth import generate_domain
 from reid_models.evaluate import evaluate_features
 from reid_models.features import extract_features
 from reid_models.models import ReIDNet, resolve_device
+from reid_models.pruning.criteria import build_criterion
+from reid_models.pruning.prune import prune_model
+from reid_models.pruning.spec import architecture_spec, build_from_spec, load_into
 from reid_models.train import EpochCallback, train_model
 
 log = logging.getLogger(__name__)
@@ -57,33 +60,69 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
     began = time.perf_counter()
     history = train_model(model, images, train_settings, device, seed=settings.seed,
                           checkpoint_path=out_dir / "last.pt", on_epoch=on_epoch)
-    checkpoint = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, history))
+    checkpoint = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, history, domain="source"))
     return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
             "train_images": len(images), "train_ids": len(set(labels))}
 
 
-def model_payload(model: ReIDNet, settings: Settings, history: list[dict]) -> dict:
+def model_payload(model: ReIDNet, settings: Settings, history: list[dict], **extra) -> dict:
+    """A model checkpoint: weights, the architecture spec that rebuilds them, settings, history."""
     return {
         "state_dict": model.state_dict(),
         "model": model.backbone_name,
         "num_classes": model.classifier.out_features,
         "feature_dim": model.feature_dim,
+        "architecture": architecture_spec(model),
         "settings": settings.model_dump(mode="json"),
         "history": history,
+        **extra,
     }
 
 
-def load_model(checkpoint: str | Path) -> ReIDNet:
-    payload = load_checkpoint(checkpoint)
-    for key in ("model", "num_classes"):
-        if key not in payload:
-            raise CheckpointError(f"checkpoint {checkpoint} lacks {key!r}; it is a training state, not a model")
-    model = ReIDNet(payload["model"], num_classes=payload["num_classes"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit a {payload['model']}: {error}") from None
+def model_from_payload(payload: dict, source: str) -> ReIDNet:
+    """Rebuild a (possibly pruned) model from a loaded checkpoint; no pickled code is run."""
+    if "architecture" in payload:
+        model = build_from_spec(payload["architecture"])
+    elif "model" in payload and "num_classes" in payload:  # an unpruned model saved without a spec
+        model = ReIDNet(payload["model"], num_classes=payload["num_classes"])
+    else:
+        raise CheckpointError(f"checkpoint {source} has no architecture; it is a training state "
+                              "(last.pt), not a model (model.pt)")
+    load_into(model, payload["state_dict"], source)
     return model
+
+
+def load_model(checkpoint: str | Path) -> ReIDNet:
+    return model_from_payload(load_checkpoint(checkpoint), str(checkpoint))
+
+
+def prune(settings: Settings, checkpoint: str | Path, out_dir: str | Path,
+          on_epoch: EpochCallback | None = None) -> dict:
+    """Prune a trained model under `settings.prune` and fine-tune it on `prune.data`'s training split.
+
+    Writes `model.pt` (weights + architecture spec), `architecture.json` and `prune_report.json`.
+    """
+    out_dir = Path(out_dir)
+    data, prune_settings = settings.data, settings.prune
+    criterion = build_criterion(prune_settings.criterion, prune_settings.plfp_k, settings.seed)
+    payload = load_checkpoint(checkpoint)
+    model = model_from_payload(payload, str(checkpoint))  # a foreign checkpoint fails here, before any work
+    domain = getattr(data, prune_settings.data)
+    splits = load_domain(domain, data, settings.seed)
+    images = ImageSet.from_items(splits.train, data.height, data.width,
+                                 train_transform(data.height, data.width, **prune_settings.finetune.augment.model_dump()))
+    images.labels = torch.as_tensor(relabel([pid for _, pid, _ in splits.train]))
+    if prune_settings.data != payload.get("domain", "source"):
+        model.reset_classifier(int(images.labels.max()) + 1)  # new identities, new head
+    torch.manual_seed(settings.seed)
+    report = prune_model(model, criterion, prune_settings, images, resolve_device(settings.device), data.height,
+                         data.width, seed=settings.seed, checkpoint_path=out_dir / "last.pt", on_epoch=on_epoch)
+    model.cpu()
+    saved = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, report.history,
+                                                                prune=report.as_dict(), domain=prune_settings.data))
+    save_json(out_dir / "architecture.json", architecture_spec(model))
+    save_json(out_dir / "prune_report.json", report.as_dict())
+    return {"checkpoint": str(saved), "report": report.as_dict()}
 
 
 def evaluate_model(model: torch.nn.Module, splits: ReIDSplits, data: DataSettings, settings: EvaluateSettings,

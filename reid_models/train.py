@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
-from reid_models.config import TrainSettings
+from reid_models.config import TrainRecipe
 from reid_models.data.loading import IdentityBatchSampler, ImageSet
 from reid_models.models import ReIDNet
 
@@ -43,7 +43,14 @@ def batch_hard_triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin
     return F.relu(hardest_positive - hardest_negative + margin).mean()
 
 
-def lr_factor(epoch: int, settings: TrainSettings) -> float:
+def reid_loss(out, labels: torch.Tensor, settings: TrainRecipe) -> dict[str, torch.Tensor]:
+    """The training objective, as named terms: identity (smoothed CE) + batch-hard triplet."""
+    id_term = identity_loss(out.logits, labels, settings.label_smoothing)
+    tri_term = batch_hard_triplet_loss(out.features, labels, settings.triplet_margin)
+    return {"loss": id_term + settings.triplet_weight * tri_term, "id_loss": id_term, "triplet_loss": tri_term}
+
+
+def lr_factor(epoch: int, settings: TrainRecipe) -> float:
     """Linear warm-up from 10% of the rate, then cosine decay to 1% or steps of 0.1."""
     if epoch < settings.warmup_epochs:
         return 0.1 + 0.9 * epoch / settings.warmup_epochs
@@ -54,7 +61,7 @@ def lr_factor(epoch: int, settings: TrainSettings) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, settings: TrainSettings, backbone_lr_scale: float = 1.0):
+def build_optimizer(model: torch.nn.Module, settings: TrainRecipe, backbone_lr_scale: float = 1.0):
     """Backbone may learn slower than the head (fine-tuning); `base_lr` keeps each group's rate."""
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
@@ -69,7 +76,7 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings, backbone_lr
     return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
 
-def _fingerprint(settings: TrainSettings, seed: int, train_set: ImageSet) -> dict:
+def _fingerprint(settings: TrainRecipe, seed: int, train_set: ImageSet) -> dict:
     """What must match for a checkpoint to be resumed rather than started over: same recipe,
     same seed, same images and labels."""
     digest = hashlib.sha1(train_set.images.numpy().tobytes())
@@ -80,15 +87,20 @@ def _fingerprint(settings: TrainSettings, seed: int, train_set: ImageSet) -> dic
 def train_model(
     model: ReIDNet,
     train_set: ImageSet,
-    settings: TrainSettings,
+    settings: TrainRecipe,
     device: torch.device,
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
     backbone_lr_scale: float = 1.0,
     progress: bool = True,
+    epoch_hook: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Train `model` in place; return one metrics dict per epoch (resumed epochs included)."""
+    """Train `model` in place; return one metrics dict per epoch (resumed epochs included).
+
+    `epoch_hook(epoch)` may change the weights after an epoch's updates and before its
+    checkpoint (progressive pruning decays filters there), so a resumed run sees its effect.
+    """
     model.to(device)
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
     sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed)
@@ -119,19 +131,18 @@ def train_model(
         for images, labels, _ in bar:
             images, labels = images.to(device), labels.to(device)
             out = model(images)
-            id_term = identity_loss(out.logits, labels, settings.label_smoothing)
-            tri_term = batch_hard_triplet_loss(out.features, labels, settings.triplet_margin)
-            loss = id_term + settings.triplet_weight * tri_term
+            terms = reid_loss(out, labels, settings)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             optimizer.step()
             n = len(labels)
-            totals["loss"] += loss.item() * n
-            totals["id_loss"] += id_term.item() * n
-            totals["triplet_loss"] += tri_term.item() * n
+            for name, value in terms.items():
+                totals[name] += value.item() * n
             totals["correct"] += int((out.logits.argmax(1) == labels).sum())
             totals["seen"] += n
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{totals['seen'] / (time.perf_counter() - began):.0f}")
+            bar.set_postfix(loss=f"{terms['loss'].item():.3f}", img_s=f"{totals['seen'] / (time.perf_counter() - began):.0f}")
+        if epoch_hook:
+            epoch_hook(epoch)
         seconds = time.perf_counter() - began
         seen = max(1, totals["seen"])
         record = {

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from reid_models.checkpoint import CheckpointError, save_json
+from reid_models.complexity import measure
 from reid_models.config import SettingsError, Settings
 from reid_models.data.readers import DataError
 from reid_models.models import resolve_device
@@ -64,13 +65,34 @@ def pretrain(settings: Settings, tracker: Tracker | None = None) -> str:
     return result["checkpoint"]
 
 
-@task(name="evaluate", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-def evaluate(settings: Settings, checkpoint: str, domain: str, tracker: Tracker | None = None) -> dict:
-    """Market-1501 protocol on one domain's query/gallery split."""
-    model = stages.load_model(checkpoint)
-    splits = stages.load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
-    metrics = stages.evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device))
-    save_json(Path(settings.outputs) / "evaluate" / f"{domain}.json", metrics)
+@task(name="prune", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def prune(settings: Settings, checkpoint: str, tracker: Tracker | None = None) -> str:
+    """Prune the pretrained model under `settings.prune` (progressive or one-shot) and fine-tune it."""
+    out_dir = Path(settings.outputs) / "prune"
     if tracker:
-        tracker.metrics({k: v for k, v in metrics.items() if k != "cmc"}, f"{domain}.")
-    return metrics
+        tracker.params({"prune": settings.prune.model_dump(mode="json")})
+    on_epoch = (lambda record: tracker.metrics(record, "prune.", step=record["epoch"])) if tracker else None
+    result = stages.prune(settings, checkpoint, out_dir, on_epoch=on_epoch)
+    if tracker:
+        report = result["report"]
+        tracker.metrics({"measured_reduction": report["measured_reduction"]}, "prune.")
+        for name in ("model.pt", "architecture.json", "prune_report.json"):
+            tracker.artifact(out_dir / name, "prune")
+    return result["checkpoint"]
+
+
+@task(name="evaluate", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def evaluate(settings: Settings, checkpoint: str, label: str, tracker: Tracker | None = None) -> dict:
+    """Cost (FLOPs, params, size, CPU latency/throughput) and Market-1501 metrics on both domains."""
+    model = stages.load_model(checkpoint)
+    device = resolve_device(settings.device)
+    result = {"cost": measure(model, settings.data.height, settings.data.width)}
+    for domain in ("source", "target"):
+        splits = stages.load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
+        result[domain] = stages.evaluate_model(model, splits, settings.data, settings.evaluate, device)
+    save_json(Path(settings.outputs) / "evaluate" / f"{label}.json", result)
+    if tracker:
+        tracker.metrics(result["cost"], f"{label}.")
+        for domain in ("source", "target"):
+            tracker.metrics({k: v for k, v in result[domain].items() if k != "cmc"}, f"{label}.{domain}.")
+    return result

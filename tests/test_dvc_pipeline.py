@@ -20,7 +20,8 @@ def test_every_dvc_stage_runs_its_flow_and_every_flow_has_a_stage():
 def test_dvc_outputs_are_what_the_flows_write():
     stages = load_dvc()
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])}
-    assert outs == {"outputs/data/summary.json", "outputs/pretrain/model.pt", "outputs/pretrain/history.json"}
+    assert outs == {"outputs/data/summary.json", "outputs/pretrain/model.pt", "outputs/pretrain/history.json",
+                    "outputs/prune/model.pt", "outputs/prune/architecture.json", "outputs/prune/prune_report.json"}
     assert [next(iter(m)) for m in stages["evaluate"]["metrics"]] == ["outputs/metrics.json"]
 
 

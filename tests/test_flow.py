@@ -22,16 +22,22 @@ def test_flow_trains_evaluates_and_tracks(prefect_harness, tiny_domains, tmp_pat
 
     from flows.prune_adapt import prune_adapt
 
-    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2")
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                 "prune.finetune.ids_per_batch=2")
     summary = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
 
-    assert set(summary) == {"source", "target"}
-    for metrics in summary.values():
-        assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1.0
-        assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 < metrics["mINP"] <= 1.0
+    assert set(summary) == {"unpruned", "pruned"}
+    for result in summary.values():
+        for domain in ("source", "target"):
+            metrics = result[domain]
+            assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1.0
+            assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 < metrics["mINP"] <= 1.0
+    reduction = 1 - summary["pruned"]["cost"]["flops"] / summary["unpruned"]["cost"]["flops"]
+    assert abs(reduction - 0.5) <= 0.02
+    assert summary["pruned"]["cost"]["params"] < summary["unpruned"]["cost"]["params"]
     outputs = tmp_path / "outputs"
     assert json.loads((outputs / "metrics.json").read_text()) == summary
-    assert (outputs / "pretrain" / "model.pt").is_file()
+    assert (outputs / "pretrain" / "model.pt").is_file() and (outputs / "prune" / "model.pt").is_file()
     history = json.loads((outputs / "pretrain" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -40,7 +46,9 @@ def test_flow_trains_evaluates_and_tracks(prefect_harness, tiny_domains, tmp_pat
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["pretrain.model"] == "osnet_x0_25"
-    assert run.data.metrics["target.rank1"] == pytest.approx(summary["target"]["rank1"])
+    assert run.data.metrics["pruned.target.rank1"] == pytest.approx(summary["pruned"]["target"]["rank1"])
+    assert run.data.metrics["pruned.flops"] == summary["pruned"]["cost"]["flops"]
+    assert run.data.params["prune.criterion"] == "plfp"
     epochs = client.get_metric_history(run.info.run_id, "pretrain.loss")
     assert [m.step for m in epochs] == [1, 2]
 

@@ -1,0 +1,89 @@
+"""What a model costs: FLOPs, MACs, parameters, size on disk, CPU latency and throughput.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs per
+multiply-accumulate of convolutions and matrix products (so MACs = FLOPs / 2); elementwise ops
+(BatchNorm, ReLU, adds, pooling) are not counted, as in fvcore and most pruning papers.
+Timings are medians of repeated runs after a warm-up, with the thread count recorded, because a
+single run on a shared CPU says little.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(model: nn.Module, height: int, width: int) -> int:
+    """FLOPs of one eval-mode forward pass on one height x width image."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_on_disk(model: nn.Module) -> int:
+    """Bytes of the serialised state_dict (what a checkpoint of the weights costs)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy with every Conv+BatchNorm pair folded into one conv (torch.fx)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval())
+
+
+@torch.no_grad()
+def time_forward(model: nn.Module, batch: int, height: int, width: int, repeats: int = 10, warmup: int = 3,
+                 channels_last: bool = False) -> float:
+    """Median seconds of one eval-mode forward pass on a batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    images = torch.randn(batch, 3, height, width, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def measure(model: nn.Module, height: int, width: int, timing: bool = True, repeats: int = 10) -> dict:
+    """The cost report of a model (eval mode, BatchNorm folded for the timings)."""
+    flops = count_flops(model, height, width)
+    report = {
+        "flops": flops,
+        "macs": flops // 2,
+        "params": count_params(model),
+        "size_bytes": size_on_disk(model),
+        "threads": torch.get_num_threads(),
+    }
+    if timing:
+        fast = fold_batchnorm(model)
+        report["latency_ms"] = 1000 * time_forward(fast, 1, height, width, repeats=repeats)
+        batch_seconds = time_forward(fast, 32, height, width, repeats=max(3, repeats // 2))
+        report["throughput_ips"] = 32 / batch_seconds
+    return report

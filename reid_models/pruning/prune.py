@@ -1,0 +1,163 @@
+"""Pruning a trained ReID network: one-shot, or progressive (soft, then hard) as PLFP does.
+
+- one-shot: select channels once, remove them physically, fine-tune the smaller network.
+- progressive: fine-tune the full-size network; after every epoch re-select channels under
+  the FLOPs budget and multiply the selected filters (conv weights, BatchNorm weight and bias)
+  by `decay`; a filter selected again keeps shrinking, one no longer selected can recover. The
+  last epoch sets the selection to exactly zero, and only then are the channels removed.
+
+Both spend the same fine-tuning epochs, so they compare at equal training cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from reid_models.complexity import count_flops, count_params
+from reid_models.config import PruneSettings
+from reid_models.data.loading import IdentityBatchSampler, ImageSet
+from reid_models.models import ReIDNet
+from reid_models.pruning.budget import allocate
+from reid_models.pruning.criteria import Criterion
+from reid_models.pruning.graph import ChannelGraph
+from reid_models.train import EpochCallback, reid_loss, train_model
+
+log = logging.getLogger(__name__)
+Selection = dict[str, list[int]]
+
+
+@dataclass
+class PruneReport:
+    criterion: str
+    mode: str
+    target_reduction: float
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    channels: dict[str, dict] = field(default_factory=dict)  # group -> before, removed, rate
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def measured_reduction(self) -> float:
+        return 1 - self.flops_after / self.flops_before
+
+    def as_dict(self) -> dict:
+        return {"criterion": self.criterion, "mode": self.mode, "target_reduction": self.target_reduction,
+                "measured_reduction": self.measured_reduction, "flops_before": self.flops_before,
+                "flops_after": self.flops_after, "params_before": self.params_before,
+                "params_after": self.params_after, "channels": self.channels, "history": self.history}
+
+
+def gradient_batches(train_set: ImageSet, settings: PruneSettings, seed: int, device: torch.device
+                     ) -> Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]:
+    """A few P x K training batches, for criteria that score channels by gradients."""
+    recipe = settings.finetune
+
+    def batches():
+        sampler = IdentityBatchSampler(train_set.labels.tolist(), recipe.ids_per_batch, recipe.images_per_id, seed)
+        for i, indices in enumerate(sampler):
+            if i >= settings.taylor_batches:
+                break
+            images = torch.stack([train_set[j][0] for j in indices]).to(device)
+            yield images, train_set.labels[indices].to(device)
+
+    return batches
+
+
+class ChannelSelector:
+    """Chooses the channels to remove under a FLOPs budget with a given criterion."""
+
+    def __init__(self, model: ReIDNet, criterion: Criterion, settings: PruneSettings, height: int, width: int,
+                 batches: Callable[[], Iterable] | None = None) -> None:
+        if criterion.needs_gradients and batches is None:
+            raise ValueError(f"the {criterion.name} criterion needs training data to compute gradients")
+        self.model, self.criterion, self.settings = model, criterion, settings
+        self.height, self.width, self.batches = height, width, batches
+        self.graph = ChannelGraph(model, height, width, settings.prune_embedding)
+
+    def _accumulate_gradients(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        was_training = self.model.training
+        self.model.train()
+        for images, labels in self.batches():
+            reid_loss(self.model(images), labels, self.settings.finetune)["loss"].backward()
+        self.model.train(was_training)
+
+    def select(self) -> Selection:
+        if self.criterion.needs_gradients:
+            self._accumulate_gradients()
+        groups = self.graph.filter_groups(with_gradients=self.criterion.needs_gradients)
+        counts = allocate(self.model, groups, self.criterion, self.settings.flops_reduction, self.height,
+                          self.width, self.settings.allocation, self.settings.layer_cap,
+                          self.settings.prune_embedding, self.settings.round_channels)
+        if self.criterion.needs_gradients:
+            self.model.zero_grad(set_to_none=True)
+        return {group.name: self.criterion.select(group, counts[group.name]) for group in groups}
+
+    def zeroed_channels(self) -> Selection:
+        """Channels whose filters are exactly zero: what progressive pruning leaves to remove."""
+        return {group.name: torch.nonzero(group.filters.abs().sum(1) == 0).flatten().tolist()
+                for group in self.graph.filter_groups()}
+
+
+def _describe(selector: ChannelSelector, selection: Selection) -> dict[str, dict]:
+    sizes = {group.name: group.channels for group in selector.graph.filter_groups()}
+    return {name: {"before": sizes[name], "removed": len(channels), "rate": len(channels) / sizes[name]}
+            for name, channels in selection.items()}
+
+
+def prune_model(
+    model: ReIDNet,
+    criterion: Criterion,
+    settings: PruneSettings,
+    train_set: ImageSet | None,
+    device: torch.device,
+    height: int,
+    width: int,
+    seed: int = 0,
+    checkpoint_path: str | Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune `model` in place (it ends physically smaller) and fine-tune it on `train_set`.
+
+    With `train_set=None` the model is pruned one-shot with no fine-tuning (criteria that need
+    gradients then fail with a clear error before any work).
+    """
+    model.to(device)
+    batches = gradient_batches(train_set, settings, seed, device) if train_set is not None else None
+    selector = ChannelSelector(model, criterion, settings, height, width, batches)
+    report = PruneReport(criterion.name, settings.mode, settings.flops_reduction,
+                         count_flops(model, height, width), 0, count_params(model), 0)
+    finetune = dict(seed=seed, checkpoint_path=checkpoint_path, on_epoch=on_epoch, progress=progress)
+
+    if settings.mode == "oneshot" or train_set is None:
+        selection = selector.select()
+        report.channels = _describe(selector, selection)
+        selector.graph.remove_channels(selection)
+        if train_set is not None:
+            report.history = train_model(model, train_set, settings.finetune, device, **finetune)
+    else:
+        last = settings.finetune.epochs - 1
+
+        def decay_selected(epoch: int) -> None:
+            selection = selector.select()
+            selector.graph.scale_channels(selection, 0.0 if epoch == last else settings.decay)
+            log.info("epoch %d: decayed %d channels", epoch + 1, sum(map(len, selection.values())))
+
+        report.history = train_model(model, train_set, settings.finetune, device, epoch_hook=decay_selected,
+                                     **finetune)
+        selection = selector.zeroed_channels()
+        report.channels = _describe(selector, selection)
+        selector.graph.remove_channels(selection)
+
+    report.flops_after, report.params_after = count_flops(model, height, width), count_params(model)
+    log.info("pruned with %s (%s): FLOPs %.1fM -> %.1fM (%.1f%% fewer)", criterion.name, settings.mode,
+             report.flops_before / 1e6, report.flops_after / 1e6, 100 * report.measured_reduction)
+    return report

@@ -1,0 +1,189 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from reid_models.checkpoint import CheckpointError
+from reid_models.complexity import count_flops, count_params, fold_batchnorm
+from reid_models.config import PruneSettings
+from reid_models.models import ReIDNet
+from reid_models.pruning.budget import allocate
+from reid_models.pruning.criteria import CRITERIA, FPGM, PLFP, build_criterion
+from reid_models.pruning.graph import ChannelGraph, FilterGroup
+from reid_models.pruning.prune import prune_model
+from reid_models.pruning.spec import architecture_spec, build_from_spec, load_into
+
+H, W = 64, 32  # small inputs keep the tests fast; shapes do not depend on them
+
+
+def trained_looking(name: str) -> ReIDNet:
+    """Random weights with non-trivial BatchNorm statistics, as after training."""
+    torch.manual_seed(0)
+    model = ReIDNet(name, num_classes=7)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.normal_(module.weight, 1.0, 0.2)
+            nn.init.normal_(module.bias, 0.0, 0.2)
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "osnet_x0_25", "mobilenetv2_x1_0"])
+def test_removal_is_exact_and_keeps_the_embedding(name):
+    model = trained_looking(name)
+    graph = ChannelGraph(model, H, W)
+    selection = {g.name: list(range(0, g.channels, 3)) for g in graph.filter_groups()}
+    images = torch.randn(2, 3, H, W)
+    graph.scale_channels(selection, 0.0)  # masked: same shape, selected channels silent
+    with torch.no_grad():
+        masked = model(images)
+    params_before = count_params(model)
+    graph.remove_channels(selection)
+    with torch.no_grad():
+        pruned = model(images)
+    assert pruned.shape == masked.shape == (2, model.neck.num_features)
+    assert (pruned - masked).abs().max() < 1e-4
+    assert count_params(model) < params_before
+
+
+def test_embedding_is_pruned_only_when_asked():
+    fixed = ChannelGraph(trained_looking("resnet18"), H, W)
+    free = ChannelGraph(trained_looking("resnet18"), H, W, prune_embedding=True)
+    assert len(free.groups) == len(fixed.groups) + 1  # the last stage's residual group
+    model = free.model
+    embedding_group = (set(free.groups) - set(fixed.groups)).pop()
+    free.remove_channels({embedding_group: [0, 1, 2]})
+    assert model.neck.num_features == 509 and model.classifier.in_features == 509
+    assert model.classifier.out_features == 7  # the classifier's identities are never pruned
+
+
+def test_plfp_removes_filters_that_neighbours_can_replace():
+    torch.manual_seed(0)
+    isolated = torch.eye(4) * 10  # far from everything
+    cluster = torch.zeros(3, 4) + torch.randn(3, 4) * 0.01  # three near-duplicates
+    group = FilterGroup("conv", torch.cat([isolated, cluster]))
+    chosen = PLFP(k=1).select(group, 2)
+    assert set(chosen) <= {4, 5, 6} and len(chosen) == 2
+    # L1 would remove the same small filters here; on equal norms only PLFP sees redundancy.
+    ring = torch.tensor([[1.0, 0], [0.999, 0.04], [0, 1.0], [-1.0, 0], [0, -1.0]])
+    assert set(PLFP(k=1).select(FilterGroup("ring", ring), 1)) <= {0, 1}
+
+
+def test_plfp_falls_back_to_the_global_rule_when_k_covers_every_filter():
+    torch.manual_seed(1)
+    group = FilterGroup("conv", torch.randn(6, 5))
+    assert PLFP(k=10).select(group, 1) == FPGM().select(group, 1)
+
+
+def test_registry_lists_valid_names_and_config_agrees():
+    from typing import get_args
+
+    from reid_models.config import CriterionName
+
+    assert set(get_args(CriterionName)) == set(CRITERIA)
+    with pytest.raises(ValueError, match="plfp, l1, l2, fpgm, taylor, random"):
+        build_criterion("magnitude")
+
+
+def test_taylor_needs_data():
+    model = trained_looking("resnet18")
+    settings = PruneSettings(criterion="taylor", mode="oneshot")
+    with pytest.raises(ValueError, match="taylor criterion needs training data"):
+        prune_model(model, build_criterion("taylor"), settings, None, torch.device("cpu"), H, W)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_budget_lands_within_two_points_of_the_target(allocation, target):
+    model = trained_looking("resnet18")
+    groups = ChannelGraph(model, H, W).filter_groups()
+    counts = allocate(model, groups, build_criterion("l1"), target, H, W, allocation=allocation)
+    pruned = copy.deepcopy(model)
+    ChannelGraph(pruned, H, W).remove_channels({name: list(range(n)) for name, n in counts.items()})
+    reduction = 1 - count_flops(pruned, H, W) / count_flops(model, H, W)
+    assert abs(reduction - target) <= 0.02
+    sizes = {g.name: g.channels for g in groups}
+    assert all(n <= 0.95 * sizes[name] for name, n in counts.items())
+
+
+def test_channel_rounding_keeps_multiples():
+    model = trained_looking("resnet18")
+    groups = ChannelGraph(model, H, W).filter_groups()
+    counts = allocate(model, groups, build_criterion("l2"), 0.5, H, W, multiple=8)
+    assert all((g.channels - counts[g.name]) % 8 == 0 for g in groups)
+
+
+def test_oneshot_prune_without_finetune_hits_budget():
+    model = trained_looking("osnet_x0_25")
+    report = prune_model(model, build_criterion("fpgm"), PruneSettings(mode="oneshot", flops_reduction=0.4), None,
+                         torch.device("cpu"), H, W)
+    assert abs(report.measured_reduction - 0.4) <= 0.02
+    assert report.params_after < report.params_before
+    assert count_flops(model, H, W) == report.flops_after
+
+
+def test_spec_rebuilds_the_pruned_network_and_rejects_a_wrong_one():
+    model = trained_looking("resnet18")
+    prune_model(model, build_criterion("l1"), PruneSettings(mode="oneshot", flops_reduction=0.5), None,
+                torch.device("cpu"), H, W)
+    spec = architecture_spec(model)
+    rebuilt = build_from_spec(spec)
+    load_into(rebuilt, model.state_dict(), "test")
+    images = torch.randn(2, 3, H, W)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(images), model(images), atol=1e-6)
+
+    wrong = copy.deepcopy(spec)
+    wrong["layers"]["backbone.layer2.0.conv1"]["out_channels"] += 1
+    with pytest.raises(CheckpointError, match="backbone.layer2.0.conv1"):
+        load_into(build_from_spec(wrong), model.state_dict(), "test")
+    with pytest.raises(CheckpointError, match="expects"):
+        load_into(ReIDNet("resnet18", 7), model.state_dict(), "test")
+
+
+def test_folding_batchnorm_keeps_features():
+    model = trained_looking("resnet18")
+    images = torch.randn(3, 3, H, W)
+    with torch.no_grad():
+        assert (fold_batchnorm(model)(images) - model(images)).abs().max() < 1e-4
+
+
+def test_progressive_pruning_stage_on_tiny_data(tiny_domains, tmp_path):
+    """Pretrain briefly, prune progressively with fine-tuning, reload the pruned checkpoint."""
+    from reid_models import stages
+    from reid_models.config import load_settings
+    from tests.conftest import PARAMS, quick_overrides
+
+    settings = load_settings(PARAMS, "quick", quick_overrides(
+        tmp_path, tiny_domains, "pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.ids_per_batch=2",
+        "prune.finetune.ids_per_batch=2", "prune.finetune.epochs=2", "prune.flops_reduction=0.5",
+        "data.height=64", "data.width=32"))
+    pretrained = stages.pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+    result = stages.prune(settings, pretrained, tmp_path / "prune")
+    report = result["report"]
+    assert report["mode"] == "progressive" and len(report["history"]) == 2
+    assert abs(report["measured_reduction"] - 0.5) <= 0.02
+    pruned = stages.load_model(result["checkpoint"])
+    assert count_flops(pruned, 64, 32) == report["flops_after"]
+    assert pruned.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
+    assert (tmp_path / "prune" / "architecture.json").is_file()
+
+
+def test_prune_command_rejects_a_checkpoint_of_another_architecture(tmp_path):
+    import subprocess
+    import sys
+
+    from reid_models.checkpoint import save_checkpoint
+    from tests.conftest import PARAMS, ROOT
+
+    model = ReIDNet("osnet_x0_25", 4)
+    payload = {"state_dict": model.state_dict(), "architecture": architecture_spec(ReIDNet("resnet18", 4))}
+    save_checkpoint(tmp_path / "foreign.pt", payload)
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "prune", "--checkpoint", str(tmp_path / "foreign.pt"),
+                             "--out", str(tmp_path / "out"), "--params", str(PARAMS)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2
+    assert "foreign.pt" in result.stdout and "another architecture" in result.stdout.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
