@@ -21,6 +21,13 @@ SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="ove
 ParamsOption = Annotated[str, typer.Option("--params", help="settings file")]
 
 
+def _setup_logging() -> None:
+    """Our progress at INFO; the HTTP chatter of Prefect's client and MLflow's store at WARNING."""
+    _setup_logging()
+    for noisy in ("httpx", "httpcore", "prefect", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _fail(error: Exception) -> None:
     console.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=2)
@@ -54,7 +61,7 @@ def _metrics_table(summary: dict) -> Table:
 @app.command()
 def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run the prune-adapt flow on the settings in params.yaml (the embedded synthetic benchmark by default)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     from reid_models.config import load_settings
 
     try:
@@ -79,7 +86,7 @@ def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOpt
 def stage(name: Annotated[str, typer.Argument(help="data | pretrain | prune | evaluate")],
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run one stage as its own flow (what dvc.yaml calls)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     from flows.prune_adapt import STAGE_FLOWS
 
     if name not in STAGE_FLOWS:
@@ -117,7 +124,7 @@ def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
           mode: Annotated[Optional[str], typer.Option(help="progressive | oneshot")] = None,
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Prune a trained model and fine-tune it (data and fine-tuning settings from params.yaml's prune section)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     from reid_models.config import load_settings
     from reid_models.stages import prune as prune_checkpoint
 
