@@ -43,7 +43,8 @@ def calibrate(profile: str, params: str, overrides: list[str]) -> dict:
     target = stages.load_domain(settings.data.target, settings.data, settings.seed)
     began = time.perf_counter()
 
-    source_model = stages.load_model(stages.pretrain(settings, out / "source")["checkpoint"])
+    # The source model is the pipeline's own (outputs/pretrain): reused if `make run` trained it.
+    source_model = stages.load_model(stages.pretrain(settings, Path(settings.outputs) / "pretrain")["checkpoint"])
     a = stages.evaluate_model(source_model, source, settings.data, settings.evaluate, device)
     b = stages.evaluate_model(source_model, target, settings.data, settings.evaluate, device)
 

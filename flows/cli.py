@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +15,8 @@ import flows  # noqa: F401  (sets telemetry-off environment before Prefect/MLflo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prune a person ReID model for a new camera domain, with evidence.")
-console = Console(soft_wrap=True)  # long paths in errors stay on one line
+# Long paths in errors stay on one line; piped output (CI, logs) gets room for the metrics table.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 ProfileOption = Annotated[Optional[str], typer.Option("--profile", "-p", help="profile from params.yaml (default, quick)")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override: KEY.PATH=VALUE, repeatable")]
@@ -23,7 +25,7 @@ ParamsOption = Annotated[str, typer.Option("--params", help="settings file")]
 
 def _setup_logging() -> None:
     """Our progress at INFO; the HTTP chatter of Prefect's client and MLflow's store at WARNING."""
-    _setup_logging()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "prefect", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -43,16 +45,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def _metrics_table(summary: dict) -> Table:
     """One row per model and test set: cost and ReID metrics (percent)."""
-    table = Table(title="ReID metrics (Market-1501 protocol) and cost")
+    table = Table(title="ReID metrics (Market-1501 protocol) and cost",
+                  caption="source: unseen identities, training cameras; target: unseen identities, new cameras")
     for column in ("model", "test set", "GFLOPs", "params (M)", "latency (ms)", "rank1", "rank5", "rank10",
                    "mAP", "mINP"):
         table.add_column(column, justify="left" if column in ("model", "test set") else "right")
-    labels = {"source": "source (same cameras)", "target": "target (new cameras)"}
     for model, result in summary.items():
         cost = result["cost"]
         for domain in ("source", "target"):
             values = result[domain]
-            table.add_row(model, labels[domain], f"{cost['flops'] / 1e9:.3f}", f"{cost['params'] / 1e6:.2f}",
+            table.add_row(model, domain, f"{cost['flops'] / 1e9:.3f}", f"{cost['params'] / 1e6:.2f}",
                           f"{cost.get('latency_ms', float('nan')):.1f}",
                           *(f"{100 * values[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
     return table

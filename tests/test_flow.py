@@ -1,6 +1,7 @@
 """The prune-adapt flow end to end on the quick profile, under a throwaway Prefect server."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,18 @@ def test_missing_dataset_fails_with_the_path_and_the_fix(tmp_path):
     settings = load_settings(PARAMS, overrides=[f"data.target.path={tmp_path / 'nowhere'}", "data.target.kind=market1501"])
     with pytest.raises(DataError, match="nowhere"):
         load_domain(settings.data.target, settings.data, seed=0)
+
+
+def test_run_command_prints_the_metrics_table(tiny_domains, tmp_path):
+    """`reid-prune run` as a user types it (quick profile, outputs in tmp_path)."""
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                "prune.finetune.ids_per_batch=2", "prune.finetune.epochs=1")
+    command = [sys.executable, "-m", "flows.cli", "run", "--profile", "quick", "--params", str(PARAMS)]
+    for override in overrides:
+        command += ["-S", override]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "ReID metrics" in result.stdout and "pruned" in result.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert (tmp_path / "outputs" / "metrics.json").is_file()
