@@ -1,0 +1,182 @@
+"""Adapting a ReID model to a new set of cameras.
+
+- Supervised: the target's training identities are labelled; fine-tune with a new classifier
+  and a slower backbone (the setting of Masson et al. 2021).
+- Unsupervised (the common real case): rounds of extract target features -> pseudo-labels by
+  clustering -> train on them. Clustering is the standard recipe of UDA ReID (k-reciprocal
+  re-encoded Jaccard distance + DBSCAN), computed *sparsely*: faiss finds the k nearest
+  neighbours and only those pairs ever get a distance, so 20,000 images never need the dense
+  20k x 20k matrix. It is camera-aware, because matching across cameras is the task: each
+  camera's mean feature is removed before clustering (so a camera's style does not become a
+  cluster), and P x K batches draw an identity's K images from as many cameras as it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+from scipy import sparse
+from sklearn.cluster import DBSCAN
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera-aware features
+
+
+def camera_centred(features: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+    """Remove each camera's mean feature, then L2-normalise: what is left is less camera style."""
+    centred = features.clone().float()
+    for cam in camids.unique():
+        mask = camids == cam
+        centred[mask] -= centred[mask].mean(0, keepdim=True)
+    return torch.nn.functional.normalize(centred, dim=1)
+
+
+def nearest_neighbours(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by cosine similarity (faiss, inner product on unit vectors),
+    self included first. Returns (distances = 1 - similarity, indices), each N x k."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    index = faiss.IndexFlatIP(features.shape[1])
+    index.add(features)
+    similarity, indices = index.search(features, min(k, len(features)))
+    return 1.0 - similarity, indices
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse k-reciprocal Jaccard distance (Zhong et al. 2017), restricted to k-NN pairs
+
+
+def _reciprocal(indices: np.ndarray, i: int, k: int) -> np.ndarray:
+    """i's k-reciprocal neighbours: j in i's top k and i in j's top k."""
+    forward = indices[i, : k + 1]
+    return forward[np.any(indices[forward, : k + 1] == i, axis=1)]
+
+
+def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6) -> sparse.csr_matrix:
+    """Jaccard distances between each image and its k1 nearest neighbours, as a sparse matrix.
+
+    Memory is O(N * k1): the k-reciprocal encodings are sparse rows, and distances are only
+    computed for neighbour pairs (all DBSCAN needs with an eps below the k1-th distance).
+    """
+    n = len(features)
+    distances, indices = nearest_neighbours(features, k1 + 1)
+    rows, cols, values = [], [], []
+    for i in range(n):
+        expanded = _reciprocal(indices, i, k1)
+        # Expansion: add a neighbour's own reciprocal set when it mostly overlaps (robust to noise).
+        for j in expanded:
+            candidate = _reciprocal(indices, j, max(1, k1 // 2))
+            if len(np.intersect1d(candidate, expanded)) > 2 / 3 * len(candidate):
+                expanded = np.union1d(expanded, candidate)
+        position = {int(j): p for p, j in enumerate(indices[i])}
+        weights = np.exp(-np.array([distances[i, position[j]] if j in position else
+                                    1.0 - float(features[i] @ features[j]) for j in expanded]))
+        rows += [i] * len(expanded)
+        cols += expanded.tolist()
+        values += (weights / weights.sum()).tolist()
+    encoding = sparse.csr_matrix((values, (rows, cols)), shape=(n, n))
+    # Query expansion: average each encoding with those of its k2 nearest neighbours.
+    expand = sparse.csr_matrix((np.full(n * k2, 1.0 / k2), (np.repeat(np.arange(n), k2),
+                                                            indices[:, :k2].reshape(-1))), shape=(n, n))
+    encoding = (expand @ encoding).tocsr()
+
+    pair_rows = np.repeat(np.arange(n), indices.shape[1])
+    pair_cols = indices.reshape(-1)
+    minimum = np.asarray(encoding[pair_rows].minimum(encoding[pair_cols]).sum(1)).ravel()
+    maximum = np.asarray(encoding[pair_rows].maximum(encoding[pair_cols]).sum(1)).ravel()
+    jaccard = 1.0 - minimum / np.maximum(maximum, 1e-12)
+    keep = pair_rows != pair_cols  # DBSCAN counts the point itself; leave the diagonal implicit
+    graph = sparse.csr_matrix((jaccard[keep], (pair_rows[keep], pair_cols[keep])), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()  # symmetric
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    k1: int = 20
+    k2: int = 6
+    eps: float = 0.6
+    min_samples: int = 4
+    camera_aware: bool = True
+
+
+def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: ClusterSettings) -> np.ndarray:
+    """Cluster target features into pseudo-identities; -1 marks outliers (left out of training)."""
+    if settings.camera_aware:
+        features = camera_centred(features, camids)
+    else:
+        features = torch.nn.functional.normalize(features.float(), dim=1)
+    graph = jaccard_graph(features.numpy(), settings.k1, settings.k2)
+    # Pairs outside each other's k1 neighbourhoods are absent from the sparse graph, i.e. "far".
+    return DBSCAN(eps=settings.eps, min_samples=settings.min_samples, metric="precomputed").fit_predict(graph)
+
+
+def describe_clusters(labels: np.ndarray, true_pids: np.ndarray | None = None) -> dict:
+    """Round diagnostics: cluster count, outliers, and (when the truth is known) label quality."""
+    report = {"clusters": int(labels.max() + 1) if len(labels) else 0,
+              "outlier_share": float(np.mean(labels < 0)) if len(labels) else 0.0}
+    if true_pids is not None and np.any(labels >= 0):
+        from sklearn.metrics import adjusted_rand_score
+
+        kept = labels >= 0
+        report["adjusted_rand_index"] = float(adjusted_rand_score(true_pids[kept], labels[kept]))
+    return report
+
+
+RoundCallback = Callable[[dict], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The two adaptation modes
+
+
+def adapt_supervised(model, target_train, recipe, device: torch.device, seed: int = 0,
+                     backbone_lr_scale: float = 0.1, **train_options) -> list[dict]:
+    """Fine-tune on labelled target identities: a new classifier, a slower backbone."""
+    from reid_models.train import train_model
+
+    model.reset_classifier(int(target_train.labels.max()) + 1)
+    return train_model(model, target_train, recipe, device, seed=seed, backbone_lr_scale=backbone_lr_scale,
+                       **train_options)
+
+
+def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, rounds: int, device: torch.device,
+                       seed: int = 0, on_round: RoundCallback | None = None, true_pids: np.ndarray | None = None,
+                       backbone_lr_scale: float = 0.1, **train_options) -> list[dict]:
+    """Rounds of: features of the unlabelled target images -> pseudo-labels -> `recipe.epochs` of training.
+
+    `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
+    """
+    from reid_models.data.loading import ImageSet, test_transform
+    from reid_models.features import extract_features
+    from reid_models.train import train_model
+
+    history: list[dict] = []
+    plain_view = ImageSet(target_train.images, target_train.labels, target_train.camids, test_transform())
+    for round_index in range(rounds):
+        features = extract_features(model, plain_view, device)
+        labels = pseudo_labels(features, target_train.camids, cluster)
+        report = {"round": round_index + 1, **describe_clusters(labels, true_pids)}
+        kept = torch.from_numpy(labels >= 0)
+        if report["clusters"] < 2:
+            raise ValueError(f"round {round_index + 1}: clustering found {report['clusters']} pseudo-identities; "
+                             "raise adapt.eps or lower adapt.min_samples")
+        subset = ImageSet(target_train.images[kept], torch.from_numpy(labels[labels >= 0]),
+                          target_train.camids[kept], target_train.transform)
+        model.reset_classifier(report["clusters"])
+        epochs = train_model(model, subset, recipe, device, seed=seed * 1000 + round_index,
+                             backbone_lr_scale=backbone_lr_scale, **train_options)
+        report["loss"] = epochs[-1]["loss"]
+        report["images"] = sum(e["images"] for e in epochs)
+        history.append(report)
+        log.info("adaptation round %d: %d clusters, %.1f%% outliers", round_index + 1, report["clusters"],
+                 100 * report["outlier_share"])
+        if on_round:
+            on_round(report)
+    return history
