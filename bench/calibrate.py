@@ -55,10 +55,12 @@ def calibrate(profile: str, params: str, overrides: list[str]) -> dict:
     target_model = stages.load_model(stages.pretrain(on_target, out / "target")["checkpoint"])
     c = stages.evaluate_model(target_model, target, settings.data, settings.evaluate, device)
     d = color_histogram_metrics(target, settings.data)
+    d_source = color_histogram_metrics(source, settings.data)  # context: how much colour alone carries
 
     result = {"profile": settings.profile, "model": settings.pretrain.model, "epochs": settings.pretrain.epochs,
               "seconds": round(time.perf_counter() - began, 1)}
-    for name, metrics in {"source": a, "direct_target": b, "target_supervised": c, "color_hist_target": d}.items():
+    for name, metrics in {"source": a, "direct_target": b, "target_supervised": c, "color_hist_target": d,
+                          "color_hist_source": d_source}.items():
         result[f"{name}_rank1"] = round(metrics["rank1"], 4)
         result[f"{name}_mAP"] = round(metrics["mAP"], 4)
     result["checks"] = {
