@@ -39,3 +39,26 @@ def test_jaccard_graph_is_sparse_symmetric_and_bounded():
     assert graph.nnz <= 2 * 600 * 10  # only k-NN pairs, never dense
     assert abs(graph - graph.T).max() < 1e-12
     assert graph.data.min() >= 0.0 and graph.data.max() <= 1.0
+
+
+def test_unsupervised_rounds_train_on_pseudo_labels(tiny_domains):
+    from reid_models.adapt import adapt_unsupervised
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import ReIDNet
+
+    items = read_market1501(tiny_domains["target"]).train
+    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    recipe = FinetuneSettings(epochs=1, ids_per_batch=2, images_per_id=2)
+    reports = []
+    history = adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2), rounds=2,
+                                 device=torch.device("cpu"), on_round=reports.append,
+                                 true_pids=images.labels.numpy(), progress=False)
+    assert [r["round"] for r in history] == [1, 2] and reports == history
+    for report in history:
+        assert report["clusters"] >= 2 and report["images"] > 0 and np.isfinite(report["loss"])
+        assert -1.0 <= report["adjusted_rand_index"] <= 1.0
+    assert model.classifier.out_features == history[-1]["clusters"]
