@@ -118,6 +118,7 @@ class PruneSettings(Section):
     plfp_k: int = Field(3, ge=1, le=64)
     decay: float = Field(0.3, ge=0.0, lt=1.0, description="PLFP: selected filters are multiplied by it each epoch")
     prune_embedding: bool = False
+    scope: Literal["all", "internal"] = "all"  # internal: never prune channels shared by a residual add
     round_channels: int = Field(1, ge=1, le=64, description="kept channels rounded to a multiple (8 helps CPUs)")
     taylor_batches: int = Field(4, ge=1)
     data: Literal["source", "target"] = "source"

@@ -187,3 +187,15 @@ def test_prune_command_rejects_a_checkpoint_of_another_architecture(tmp_path):
     assert result.returncode == 2
     assert "foreign.pt" in result.stdout and "another architecture" in result.stdout.replace("\n", " ")
     assert not (tmp_path / "out").exists()
+
+
+def test_internal_scope_never_touches_residual_couplings():
+    everything = ChannelGraph(trained_looking("resnet18"), H, W)
+    internal = ChannelGraph(trained_looking("resnet18"), H, W, scope="internal")
+    assert set(internal.groups) < set(everything.groups)
+    assert sorted(internal.groups) == [f"backbone.layer{s}.{b}.conv1" for s in (1, 2, 3, 4) for b in (0, 1)]
+    model = trained_looking("resnet18")
+    report = prune_model(model, build_criterion("plfp"), PruneSettings(mode="oneshot", scope="internal"), None,
+                         torch.device("cpu"), H, W)
+    assert abs(report.measured_reduction - 0.5) <= 0.02
+    assert model.backbone.layer1[0].conv2.out_channels == 64  # the residual stream keeps its width

@@ -55,10 +55,15 @@ class ChannelGraph:
     """The dependency graph of a `ReIDNet` and the channel groups a pruner may touch.
 
     The classifier is never pruned. The embedding (the channels feeding the BNNeck) is kept
-    unless `prune_embedding` is true, so retrieval features keep their dimension.
+    unless `prune_embedding` is true, so retrieval features keep their dimension. `scope`
+    "internal" keeps only groups of a single conv (e.g. the first conv of a residual block), as
+    PLFP's paper does on ResNet-50; "all" also prunes channels coupled across residual adds.
     """
 
-    def __init__(self, model: ReIDNet, height: int = 128, width: int = 64, prune_embedding: bool = False) -> None:
+    def __init__(self, model: ReIDNet, height: int = 128, width: int = 64, prune_embedding: bool = False,
+                 scope: str = "all") -> None:
+        if scope not in ("all", "internal"):
+            raise ValueError(f"prune.scope must be all or internal, got {scope!r}")
         self.model = model
         was_training = model.training
         model.eval()
@@ -69,12 +74,13 @@ class ChannelGraph:
         self.names = {module: name for name, module in model.named_modules()}
         self.groups = {self.names[g[0].dep.target.module]: g
                        for g in self.graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d])
-                       if self._prunable(g)}
+                       if self._prunable(g, scope)}
 
-    @staticmethod
-    def _prunable(group) -> bool:
+    def _prunable(self, group, scope: str) -> bool:
         root = group[0].dep.target.module
-        return isinstance(root, nn.Conv2d) and root.out_channels > 1
+        if not isinstance(root, nn.Conv2d) or root.out_channels < 2:
+            return False
+        return scope == "all" or len(list(self._coupled_convs(group))) == 1
 
     def _coupled_convs(self, group):
         """(conv, its channel indices, the root indices they map to) for every output-pruned conv."""

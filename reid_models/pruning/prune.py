@@ -79,7 +79,7 @@ class ChannelSelector:
             raise ValueError(f"the {criterion.name} criterion needs training data to compute gradients")
         self.model, self.criterion, self.settings = model, criterion, settings
         self.height, self.width, self.batches = height, width, batches
-        self.graph = ChannelGraph(model, height, width, settings.prune_embedding)
+        self.graph = ChannelGraph(model, height, width, settings.prune_embedding, settings.scope)
 
     def _accumulate_gradients(self) -> None:
         self.model.zero_grad(set_to_none=True)
