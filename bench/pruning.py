@@ -6,7 +6,8 @@ Every row starts from the same source-trained model (`outputs/pretrain/model.pt`
 and reused) and gets the same fine-tuning budget (`prune.finetune`) and seed; only the
 criterion and the FLOPs reduction change. Rank-1 and mAP are on the source test split (the
 domain the pruned model is fine-tuned on); latency (batch 1) and throughput (batch 32) are
-measured on this machine's CPU with BatchNorm folded, as ratios to the unpruned model.
+measured on this machine's CPU (BatchNorm folded, channels_last), each pruned model back to back
+with the unpruned one, as ratios.
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ from reid_models.pruning.criteria import CRITERIA
 REDUCTIONS = (0.3, 0.5, 0.7)
 
 
+def speed_ratios(settings, pruned_checkpoint: str, base_checkpoint: str) -> dict:
+    """Latency and throughput of pruned vs unpruned, measured back to back (robust to drift
+    and to other load on a shared machine)."""
+    height, width = settings.data.height, settings.data.width
+    base = measure(stages.load_model(base_checkpoint), height, width, repeats=20)
+    pruned = measure(stages.load_model(pruned_checkpoint), height, width, repeats=20)
+    return {"latency_ms": pruned["latency_ms"], "throughput_ips": pruned["throughput_ips"],
+            "latency_ratio": base["latency_ms"] / pruned["latency_ms"],
+            "throughput_ratio": pruned["throughput_ips"] / base["throughput_ips"]}
+
+
 def evaluate_row(settings, checkpoint: str, source, target) -> dict:
     model = stages.load_model(checkpoint)
     device = resolve_device(settings.device)
-    cost = measure(model, settings.data.height, settings.data.width, repeats=20)
+    cost = measure(model, settings.data.height, settings.data.width, timing=False)
     on_source = stages.evaluate_model(model, source, settings.data, settings.evaluate, device)
     on_target = stages.evaluate_model(model, target, settings.data, settings.evaluate, device)
-    return {"flops": cost["flops"], "params": cost["params"], "latency_ms": cost["latency_ms"],
-            "throughput_ips": cost["throughput_ips"], "rank1": on_source["rank1"], "mAP": on_source["mAP"],
+    return {"flops": cost["flops"], "params": cost["params"], "rank1": on_source["rank1"], "mAP": on_source["mAP"],
             "target_rank1": on_target["rank1"], "target_mAP": on_target["mAP"]}
 
 
@@ -48,7 +59,7 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
 
     base = evaluate_row(settings, pretrained, source, target)
     rows = [{"criterion": "none", "target_reduction": 0.0, "measured_reduction": 0.0, **base,
-             "latency_ratio": 1.0, "throughput_ratio": 1.0, "seconds": 0.0}]
+             **speed_ratios(settings, pretrained, pretrained), "seconds": 0.0}]
     out_root = Path(settings.outputs) / "bench" / "pruning"
     for reduction in reductions:
         for criterion in criteria:
@@ -59,8 +70,7 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
             row = evaluate_row(settings, result["checkpoint"], source, target)
             rows.append({"criterion": criterion, "target_reduction": reduction,
                          "measured_reduction": 1 - row["flops"] / base["flops"], **row,
-                         "latency_ratio": base["latency_ms"] / row["latency_ms"],
-                         "throughput_ratio": row["throughput_ips"] / base["throughput_ips"],
+                         **speed_ratios(settings, result["checkpoint"], pretrained),
                          "seconds": time.perf_counter() - began})
             logging.info("%s @ %.1f: rank1 %.3f mAP %.3f, %.2fx throughput", criterion, reduction,
                          row["rank1"], row["mAP"], rows[-1]["throughput_ratio"])
