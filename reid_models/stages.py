@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from reid_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_json
-from reid_models.config import DataSettings, DomainSettings, EvaluateSettings, Settings
+from reid_models.config import AugmentSettings, DataSettings, DomainSettings, EvaluateSettings, Settings
 from reid_models.data.loading import ImageSet, relabel, test_transform, train_transform
 from reid_models.data.readers import ReIDSplits, read_dataset, validate_splits
 from reid_models.data.synth import generate_domain
@@ -45,24 +45,29 @@ def load_domain(settings: DomainSettings, data: DataSettings, seed: int, check_i
     return report.splits
 
 
+def training_images(splits: ReIDSplits, data: DataSettings, augment: AugmentSettings) -> ImageSet:
+    """A domain's training split, decoded once, augmented, with identities relabelled 0..N-1."""
+    images = ImageSet.from_items(splits.train, data.height, data.width,
+                                 train_transform(data.height, data.width, **augment.model_dump()))
+    images.labels = torch.as_tensor(relabel([pid for _, pid, _ in splits.train]))
+    return images
+
+
 def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | None = None) -> dict:
     """Train a ReID model on the labelled source domain. Returns the checkpoint path and history."""
     out_dir = Path(out_dir)
     data, train_settings = settings.data, settings.pretrain
     device = resolve_device(settings.device)
-    splits = load_domain(data.source, data, settings.seed)
-    labels = relabel([pid for _, pid, _ in splits.train])
-    images = ImageSet.from_items(splits.train, data.height, data.width,
-                                 train_transform(data.height, data.width, **train_settings.augment.model_dump()))
-    images.labels = torch.as_tensor(labels)
+    images = training_images(load_domain(data.source, data, settings.seed), data, train_settings.augment)
+    num_ids = int(images.labels.max()) + 1
     torch.manual_seed(settings.seed)
-    model = ReIDNet(train_settings.model, num_classes=len(set(labels)))
+    model = ReIDNet(train_settings.model, num_classes=num_ids)
     began = time.perf_counter()
     history = train_model(model, images, train_settings, device, seed=settings.seed,
                           checkpoint_path=out_dir / "last.pt", on_epoch=on_epoch)
     checkpoint = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, history, domain="source"))
     return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
-            "train_images": len(images), "train_ids": len(set(labels))}
+            "train_images": len(images), "train_ids": num_ids}
 
 
 def model_payload(model: ReIDNet, settings: Settings, history: list[dict], **extra) -> dict:
@@ -107,11 +112,8 @@ def prune(settings: Settings, checkpoint: str | Path, out_dir: str | Path,
     criterion = build_criterion(prune_settings.criterion, prune_settings.plfp_k, settings.seed)
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))  # a foreign checkpoint fails here, before any work
-    domain = getattr(data, prune_settings.data)
-    splits = load_domain(domain, data, settings.seed)
-    images = ImageSet.from_items(splits.train, data.height, data.width,
-                                 train_transform(data.height, data.width, **prune_settings.finetune.augment.model_dump()))
-    images.labels = torch.as_tensor(relabel([pid for _, pid, _ in splits.train]))
+    splits = load_domain(getattr(data, prune_settings.data), data, settings.seed)
+    images = training_images(splits, data, prune_settings.finetune.augment)
     if prune_settings.data != payload.get("domain", "source"):
         model.reset_classifier(int(images.labels.max()) + 1)  # new identities, new head
     torch.manual_seed(settings.seed)
