@@ -7,7 +7,8 @@ and reused) and gets the same fine-tuning budget (`prune.finetune`) and seed; on
 criterion and the FLOPs reduction change. Rank-1 and mAP are on the source test split (the
 domain the pruned model is fine-tuned on); latency (batch 1) and throughput (batch 32) are
 measured on this machine's CPU (BatchNorm folded, channels_last), each pruned model back to back
-with the unpruned one, as ratios.
+with the unpruned one, as ratios. `--retime` measures the ratios of a finished run again
+(speed only) when something else ran on the machine during a training run.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
     return rows
 
 
+def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> list[dict]:
+    """Measure the speed ratios of an existing run's rows again, on an otherwise idle machine
+    (training runs are long; a stray process during one row's timing should not cost a rerun)."""
+    settings = load_settings(params, profile, overrides)
+    pretrained = str(Path(settings.outputs) / "pretrain" / "model.pt")
+    out_root = Path(settings.outputs) / "bench" / "pruning"
+    rows = json.loads(json_path.read_text())
+    for row in rows:
+        checkpoint = pretrained if row["criterion"] == "none" else \
+            str(out_root / f"{row['criterion']}_{row['target_reduction']}" / "model.pt")
+        row.update(speed_ratios(settings, checkpoint, pretrained))
+        logging.info("%s @ %.1f: %.2fx throughput", row["criterion"], row["target_reduction"], row["throughput_ratio"])
+    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default", choices=["quick", "default"])
@@ -88,10 +105,14 @@ def main() -> None:
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--reductions", default=",".join(map(str, REDUCTIONS)))
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--retime", action="store_true", help="only re-measure the speed ratios of --json's rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rows = run(args.profile, args.params, args.overrides, args.criteria.split(","),
-               [float(r) for r in args.reductions.split(",")], args.json)
+    if args.retime:
+        rows = retime(args.profile, args.params, args.overrides, args.json)
+    else:
+        rows = run(args.profile, args.params, args.overrides, args.criteria.split(","),
+                   [float(r) for r in args.reductions.split(",")], args.json)
     header = f"{'criterion':>9} {'target':>6} {'measured':>8} {'rank1':>6} {'mAP':>6} {'tgt r1':>6} {'lat x':>6} {'thr x':>6}"
     print(header)
     for r in rows:
