@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 
@@ -28,15 +29,23 @@ from reid_models.pruning.criteria import CRITERIA
 REDUCTIONS = (0.5, 0.3, 0.7)  # 0.5 first: the headline budget
 
 
-def speed_ratios(settings, pruned_checkpoint: str, base_checkpoint: str) -> dict:
-    """Latency and throughput of pruned vs unpruned, measured back to back (robust to drift
-    and to other load on a shared machine)."""
+def run_name(criterion: str, reduction: float, mode: str) -> str:
+    return f"{criterion}_{reduction}_{mode}"
+
+
+def speed_ratios(settings, pruned_checkpoint: str, base_checkpoint: str, rounds: int = 3) -> dict:
+    """Latency and throughput of pruned vs unpruned, measured alternately (base, pruned, base, ...)
+    for `rounds` rounds; the median of the per-round ratios resists drift and stray load."""
     height, width = settings.data.height, settings.data.width
-    base = measure(stages.load_model(base_checkpoint), height, width, repeats=20)
-    pruned = measure(stages.load_model(pruned_checkpoint), height, width, repeats=20)
-    return {"latency_ms": pruned["latency_ms"], "throughput_ips": pruned["throughput_ips"],
-            "latency_ratio": base["latency_ms"] / pruned["latency_ms"],
-            "throughput_ratio": pruned["throughput_ips"] / base["throughput_ips"]}
+    models = {"base": stages.load_model(base_checkpoint), "pruned": stages.load_model(pruned_checkpoint)}
+    latency, throughput, pruned_cost = [], [], {}
+    for _ in range(rounds):
+        costs = {name: measure(model, height, width, repeats=40) for name, model in models.items()}
+        latency.append(costs["base"]["latency_ms"] / costs["pruned"]["latency_ms"])
+        throughput.append(costs["pruned"]["throughput_ips"] / costs["base"]["throughput_ips"])
+        pruned_cost = costs["pruned"]
+    return {"latency_ms": pruned_cost["latency_ms"], "throughput_ips": pruned_cost["throughput_ips"],
+            "latency_ratio": statistics.median(latency), "throughput_ratio": statistics.median(throughput)}
 
 
 def evaluate_row(settings, checkpoint: str, source, target) -> dict:
@@ -59,7 +68,7 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
     pretrained = stages.pretrain(settings, Path(settings.outputs) / "pretrain")["checkpoint"]  # resumes if done
 
     base = evaluate_row(settings, pretrained, source, target)
-    rows = [{"criterion": "none", "target_reduction": 0.0, "measured_reduction": 0.0, **base,
+    rows = [{"criterion": "none", "mode": "none", "target_reduction": 0.0, "measured_reduction": 0.0, **base,
              **speed_ratios(settings, pretrained, pretrained), "seconds": 0.0}]
     out_root = Path(settings.outputs) / "bench" / "pruning"
     for reduction in reductions:
@@ -67,9 +76,9 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
             began = time.perf_counter()
             run_settings = load_settings(params, profile, [*overrides, f"prune.criterion={criterion}",
                                                            f"prune.flops_reduction={reduction}"])
-            result = stages.prune(run_settings, pretrained, out_root / f"{criterion}_{reduction}")
+            result = stages.prune(run_settings, pretrained, out_root / run_name(criterion, reduction, run_settings.prune.mode))
             row = evaluate_row(settings, result["checkpoint"], source, target)
-            rows.append({"criterion": criterion, "target_reduction": reduction,
+            rows.append({"criterion": criterion, "mode": run_settings.prune.mode, "target_reduction": reduction,
                          "measured_reduction": 1 - row["flops"] / base["flops"], **row,
                          **speed_ratios(settings, result["checkpoint"], pretrained),
                          "seconds": time.perf_counter() - began})
@@ -90,7 +99,7 @@ def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> 
     rows = json.loads(json_path.read_text())
     for row in rows:
         checkpoint = pretrained if row["criterion"] == "none" else \
-            str(out_root / f"{row['criterion']}_{row['target_reduction']}" / "model.pt")
+            str(out_root / run_name(row["criterion"], row["target_reduction"], row["mode"]) / "model.pt")
         row.update(speed_ratios(settings, checkpoint, pretrained))
         logging.info("%s @ %.1f: %.2fx throughput", row["criterion"], row["target_reduction"], row["throughput_ratio"])
     json_path.write_text(json.dumps(rows, indent=2) + "\n")

@@ -49,7 +49,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def time_forward(model: nn.Module, batch: int, height: int, width: int, repeats: int = 10, warmup: int = 3,
+def time_forward(model: nn.Module, batch: int, height: int, width: int, repeats: int = 10, warmup: int = 5,
                  channels_last: bool = False) -> float:
     """Median seconds of one eval-mode forward pass on a batch."""
     model.eval()

@@ -76,11 +76,12 @@ def build_optimizer(model: torch.nn.Module, settings: TrainRecipe, backbone_lr_s
     return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
 
-def _fingerprint(settings: TrainRecipe, seed: int, train_set: ImageSet) -> dict:
+def _fingerprint(settings: TrainRecipe, seed: int, train_set: ImageSet, model: torch.nn.Module) -> dict:
     """What must match for a checkpoint to be resumed rather than started over: same recipe,
-    same seed, same images and labels."""
+    same seed, same images and labels, same architecture (a pruned model is another one)."""
     digest = hashlib.sha1(train_set.images.numpy().tobytes())
     digest.update(train_set.labels.numpy().tobytes())
+    digest.update(repr([(name, tuple(value.shape)) for name, value in model.state_dict().items()]).encode())
     return {"settings": settings.model_dump(mode="json"), "seed": seed, "data": digest.hexdigest()}
 
 
@@ -105,7 +106,7 @@ def train_model(
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
     sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=settings.num_workers)
-    fingerprint = _fingerprint(settings, seed, train_set)
+    fingerprint = _fingerprint(settings, seed, train_set, model)
     history: list[dict] = []
     start = 0
 

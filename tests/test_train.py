@@ -92,3 +92,18 @@ def test_model_returns_embedding_in_eval_and_logits_in_train():
     assert out.logits.shape == (4, 5) and out.features.shape == (4, model.feature_dim)
     embedding = model.eval()(images)
     assert embedding.shape == (4, 512)
+
+
+def test_a_checkpoint_of_another_architecture_is_not_resumed(tiny_domains, tmp_path):
+    """Same recipe and data but a different (e.g. pruned) network: train from scratch, don't crash."""
+    images = tiny_train_set(tiny_domains)
+    num_classes = int(images.labels.max()) + 1
+    checkpoint = tmp_path / "last.pt"
+    one_epoch = SETTINGS.model_copy(update={"epochs": 1, "warmup_epochs": 0})
+    torch.manual_seed(0)
+    train_model(ReIDNet("osnet_x0_25", num_classes), images, one_epoch, torch.device("cpu"),
+                checkpoint_path=checkpoint, progress=False)
+    torch.manual_seed(0)
+    history = train_model(ReIDNet("resnet18", num_classes), images, one_epoch, torch.device("cpu"),
+                          checkpoint_path=checkpoint, progress=False)
+    assert [h["epoch"] for h in history] == [1]  # trained, not "resumed" into a mismatched network
