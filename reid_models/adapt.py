@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -146,12 +147,19 @@ def adapt_supervised(model, target_train, recipe, device: torch.device, seed: in
                        **train_options)
 
 
-def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, rounds: int, device: torch.device,
-                       seed: int = 0, on_round: RoundCallback | None = None, true_pids: np.ndarray | None = None,
-                       backbone_lr_scale: float = 0.1, **train_options) -> list[dict]:
-    """Rounds of: features of the unlabelled target images -> pseudo-labels -> `recipe.epochs` of training.
+def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, epochs_per_round: int,
+                       device: torch.device, seed: int = 0, on_round: RoundCallback | None = None,
+                       true_pids: np.ndarray | None = None, backbone_lr_scale: float = 0.1,
+                       epoch_hook: Callable[[int], None] | None = None,
+                       on_labels: Callable[[object], None] | None = None,
+                       checkpoint_dir: str | Path | None = None, **train_options) -> list[dict]:
+    """Rounds of: features of the unlabelled target images -> pseudo-labels -> training on them,
+    `epochs_per_round` epochs each, until `recipe.epochs` epochs are spent.
 
     `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
+    `epoch_hook(e)` gets the epoch index across rounds (progressive pruning rides on it);
+    `on_labels(subset)` sees each round's pseudo-labelled training set (e.g. for Taylor's
+    gradient batches). With `checkpoint_dir`, each round resumes from its own epoch checkpoint.
     """
     from reid_models.data.loading import ImageSet, test_transform
     from reid_models.features import extract_features
@@ -159,23 +167,33 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ro
 
     history: list[dict] = []
     plain_view = ImageSet(target_train.images, target_train.labels, target_train.camids, test_transform())
-    for round_index in range(rounds):
+    done, round_index = 0, 0
+    while done < recipe.epochs:
+        round_index += 1
+        epochs = min(epochs_per_round, recipe.epochs - done)
         features = extract_features(model, plain_view, device)
         labels = pseudo_labels(features, target_train.camids, cluster)
-        report = {"round": round_index + 1, **describe_clusters(labels, true_pids)}
+        report = {"round": round_index, **describe_clusters(labels, true_pids)}
         kept = torch.from_numpy(labels >= 0)
-        if report["clusters"] < 2:
-            raise ValueError(f"round {round_index + 1}: clustering found {report['clusters']} pseudo-identities; "
-                             "raise adapt.eps or lower adapt.min_samples")
+        if report["clusters"] < max(2, recipe.ids_per_batch):
+            raise ValueError(f"round {round_index}: clustering found {report['clusters']} pseudo-identities, fewer "
+                             f"than a batch's {recipe.ids_per_batch}; raise adapt.cluster.eps or lower "
+                             "adapt.cluster.min_samples")
         subset = ImageSet(target_train.images[kept], torch.from_numpy(labels[labels >= 0]),
                           target_train.camids[kept], target_train.transform)
+        if on_labels:
+            on_labels(subset)
         model.reset_classifier(report["clusters"])
-        epochs = train_model(model, subset, recipe, device, seed=seed * 1000 + round_index,
-                             backbone_lr_scale=backbone_lr_scale, **train_options)
-        report["loss"] = epochs[-1]["loss"]
-        report["images"] = sum(e["images"] for e in epochs)
+        offset = done
+        hook = (lambda epoch, offset=offset: epoch_hook(offset + epoch)) if epoch_hook else None
+        checkpoint = Path(checkpoint_dir) / f"round_{round_index}.pt" if checkpoint_dir else None
+        trained = train_model(model, subset, recipe.model_copy(update={"epochs": epochs}), device,
+                              seed=seed * 1000 + round_index, backbone_lr_scale=backbone_lr_scale,
+                              epoch_hook=hook, checkpoint_path=checkpoint, **train_options)
+        done += epochs
+        report.update(loss=trained[-1]["loss"], epochs=epochs, images=sum(e["images"] for e in trained))
         history.append(report)
-        log.info("adaptation round %d: %d clusters, %.1f%% outliers", round_index + 1, report["clusters"],
+        log.info("adaptation round %d: %d clusters, %.1f%% outliers", round_index, report["clusters"],
                  100 * report["outlier_share"])
         if on_round:
             on_round(report)

@@ -77,6 +77,8 @@ class TrainRecipe(Section):
     epochs: int = Field(20, ge=1)
     ids_per_batch: int = Field(16, ge=2, description="P of the P x K identity-balanced sampler")
     images_per_id: int = Field(4, ge=2, description="K of the P x K sampler")
+    # None: an epoch is one pass over the data; a number fixes an epoch's images on any domain.
+    batches_per_epoch: int | None = Field(None, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(3.5e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(5e-4, ge=0.0, lt=1.0)
@@ -125,6 +127,61 @@ class PruneSettings(Section):
     finetune: FinetuneSettings = FinetuneSettings()
 
 
+class ClusterSettingsModel(Section):
+    """Pseudo-labels for unlabelled cameras: k-reciprocal Jaccard distance + DBSCAN."""
+
+    k1: int = Field(20, ge=2, description="k of the k-reciprocal neighbourhoods")
+    k2: int = Field(6, ge=1, description="neighbours averaged in the query expansion")
+    eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on the Jaccard distance")
+    min_samples: int = Field(4, ge=2)
+    camera_aware: bool = True
+
+
+class AdaptSettings(Section):
+    """How a model learns the target cameras (the epochs come from `scenarios.epochs`)."""
+
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr x this; the new head gets lr")
+    epochs_per_round: int = Field(2, ge=1, description="unsupervised: epochs on each round's pseudo-labels")
+    cluster: ClusterSettingsModel = ClusterSettingsModel()
+    train: FinetuneSettings = FinetuneSettings()
+
+
+ScenarioName = Literal["source_only", "adapt_only", "prune_before", "prune_during", "prune_after", "small_dense"]
+SCENARIO_NAMES: tuple[str, ...] = ScenarioName.__args__
+
+
+class ScenarioSettings(Section):
+    """The grid the `prune-adapt` flow runs: scenarios x criteria x reductions x adaptation x seeds."""
+
+    names: list[ScenarioName] = list(SCENARIO_NAMES)
+    criteria: list[CriterionName] = ["plfp"]
+    flops_reductions: list[float] = [0.5]
+    adaptation: list[Literal["supervised", "unsupervised"]] = ["supervised", "unsupervised"]
+    seeds: list[int] = [0]
+    epochs: int = Field(6, ge=1, description="training epochs after pretraining, equal for every scenario")
+    prune_epochs: int = Field(3, ge=1, description="prune_before/after: epochs spent pruning (the rest adapt)")
+    batches_per_epoch: int = Field(24, ge=1, description="P x K batches per epoch on any domain: equal images")
+    workers: int = Field(1, ge=1, description="scenarios run at once by the flow's task runner")
+
+    @field_validator("flops_reductions")
+    @classmethod
+    def _ratios(cls, values: list[float]) -> list[float]:
+        for value in values:
+            if not 0.0 < value <= 0.95:
+                raise ValueError(f"{value} is outside (0, 0.95]")
+        return values
+
+    @model_validator(mode="after")
+    def _prune_fits(self) -> "ScenarioSettings":
+        if {"prune_before", "prune_after"} & set(self.names) and self.prune_epochs >= self.epochs:
+            raise ValueError(f"prune_epochs ({self.prune_epochs}) must be < epochs ({self.epochs}) so "
+                             "prune_before/prune_after keep epochs to adapt")
+        for name in ("names", "criteria", "flops_reductions", "adaptation", "seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"scenarios.{name} is empty; list at least one value")
+        return self
+
+
 class EvaluateSettings(Section):
     batch_size: int = Field(128, ge=1)
     query_chunk: int = Field(256, ge=1, description="queries ranked at once; bounds memory")
@@ -146,6 +203,8 @@ class Settings(Section):
     data: DataSettings
     pretrain: TrainSettings = TrainSettings()
     prune: PruneSettings = PruneSettings()
+    adapt: AdaptSettings = AdaptSettings()
+    scenarios: ScenarioSettings = ScenarioSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
 

@@ -53,18 +53,24 @@ def training_images(splits: ReIDSplits, data: DataSettings, augment: AugmentSett
     return images
 
 
-def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | None = None) -> dict:
-    """Train a ReID model on the labelled source domain. Returns the checkpoint path and history."""
+def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | None = None,
+             model: ReIDNet | None = None) -> dict:
+    """Train a ReID model on the labelled source domain (`pretrain.model`, or the given untrained
+    `model`, e.g. a thinner dense network). Returns the checkpoint path and history."""
     out_dir = Path(out_dir)
     data, train_settings = settings.data, settings.pretrain
     device = resolve_device(settings.device)
     images = training_images(load_domain(data.source, data, settings.seed), data, train_settings.augment)
     num_ids = int(images.labels.max()) + 1
     torch.manual_seed(settings.seed)
-    model = ReIDNet(train_settings.model, num_classes=num_ids)
+    if model is None:
+        model = ReIDNet(train_settings.model, num_classes=num_ids)
+    else:
+        model.reset_classifier(num_ids)
     began = time.perf_counter()
     history = train_model(model, images, train_settings, device, seed=settings.seed,
                           checkpoint_path=out_dir / "last.pt", on_epoch=on_epoch)
+    model.cpu()
     checkpoint = save_checkpoint(out_dir / "model.pt", model_payload(model, settings, history, domain="source"))
     return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
             "train_images": len(images), "train_ids": num_ids}

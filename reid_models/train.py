@@ -104,7 +104,8 @@ def train_model(
     """
     model.to(device)
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
-    sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed)
+    sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed,
+                                   settings.batches_per_epoch)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=settings.num_workers)
     fingerprint = _fingerprint(settings, seed, train_set, model)
     history: list[dict] = []

@@ -52,12 +52,14 @@ def test_unsupervised_rounds_train_on_pseudo_labels(tiny_domains):
     images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
     torch.manual_seed(0)
     model = ReIDNet("osnet_x0_25", num_classes=3)
-    recipe = FinetuneSettings(epochs=1, ids_per_batch=2, images_per_id=2)
-    reports = []
-    history = adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2), rounds=2,
-                                 device=torch.device("cpu"), on_round=reports.append,
-                                 true_pids=images.labels.numpy(), progress=False)
+    recipe = FinetuneSettings(epochs=3, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    reports, hooked = [], []
+    history = adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
+                                 epochs_per_round=2, device=torch.device("cpu"), on_round=reports.append,
+                                 true_pids=images.labels.numpy(), epoch_hook=hooked.append, progress=False)
     assert [r["round"] for r in history] == [1, 2] and reports == history
+    assert [r["epochs"] for r in history] == [2, 1] and hooked == [0, 1, 2]  # epochs counted across rounds
+    assert sum(r["images"] for r in history) == 3 * 2 * 2 * 2  # epochs x batches x P x K
     for report in history:
         assert report["clusters"] >= 2 and report["images"] > 0 and np.isfinite(report["loss"])
         assert -1.0 <= report["adjusted_rand_index"] <= 1.0

@@ -86,7 +86,8 @@ class IdentityBatchSampler(Sampler[list[int]]):
     resumes at epoch e sees exactly the batches it would have seen.
     """
 
-    def __init__(self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, seed: int = 0,
+                 batches_per_epoch: int | None = None) -> None:
         self.by_label: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             self.by_label[int(label)].append(index)
@@ -97,7 +98,9 @@ class IdentityBatchSampler(Sampler[list[int]]):
             )
         self.p, self.k, self.seed, self.epoch = ids_per_batch, images_per_id, seed, 0
         chunks = sum(max(1, len(v) // self.k) for v in self.by_label.values())
-        self.batches_per_epoch = max(1, chunks // self.p)
+        # A fixed count (scenarios: equal images seen on any domain) or one pass over the data.
+        self.fixed_length = batches_per_epoch is not None
+        self.batches_per_epoch = batches_per_epoch or max(1, chunks // self.p)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -105,18 +108,25 @@ class IdentityBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _chunks(self, rng: np.random.Generator) -> dict[int, list[list[int]]]:
         chunks: dict[int, list[list[int]]] = {}
         for label, indices in self.by_label.items():
             # Identities with fewer than K images are sampled with replacement up to K.
             picked = rng.permutation(indices) if len(indices) >= self.k else rng.choice(indices, self.k)
             usable = max(self.k, len(picked) // self.k * self.k)
             chunks[label] = [list(map(int, picked[i:i + self.k])) for i in range(0, usable, self.k)]
+        return chunks
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks = self._chunks(rng)
         for _ in range(self.batches_per_epoch):
             available = [label for label, rest in chunks.items() if rest]
             if len(available) < self.p:
-                break
+                if not self.fixed_length:
+                    break
+                chunks = self._chunks(rng)  # a fixed-length epoch starts another pass over the data
+                available = list(chunks)
             batch = []
             for label in rng.choice(available, self.p, replace=False):
                 batch += chunks[int(label)].pop()

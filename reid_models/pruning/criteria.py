@@ -63,7 +63,13 @@ class FPGM(Criterion):
 
 class Taylor(Criterion):
     """Molchanov et al. 2019: first-order estimate of the loss change when a channel is removed,
-    |sum over its weights of w * dL/dw|, with gradients accumulated over a few training batches."""
+    with gradients accumulated over a few training batches.
+
+    Scored on the BatchNorm after the conv (|gamma * dL/dgamma + beta * dL/dbeta|, the paper's
+    best variant) where there is one: a conv followed by BN is scale-invariant, so |w * dL/dw|
+    does not shrink when progressive pruning decays a filter, and the selection would wander
+    from epoch to epoch. Without a BN, |sum of w * dL/dw| over the filter's weights.
+    """
 
     name = "taylor"
     needs_gradients = True
@@ -71,6 +77,8 @@ class Taylor(Criterion):
     def scores(self, group: FilterGroup) -> torch.Tensor:
         if group.gradients is None:
             raise ValueError(f"the taylor criterion needs gradients for {group.name}: give it training data")
+        if group.norm_taylor is not None and group.norm_taylor.any():
+            return group.norm_taylor.abs()
         return (group.filters * group.gradients).sum(1).abs()
 
 

@@ -28,12 +28,15 @@ class FilterGroup:
     """One prunable set of coupled output channels.
 
     `filters[c]` concatenates the flattened weights of every coupled conv's output channel c;
-    `gradients`, when collected, has the same shape.
+    `gradients`, when collected, has the same shape. `norm_taylor[c]`, when gradients are
+    collected, sums gamma * dL/dgamma + beta * dL/dbeta over the BatchNorms of channel c: the
+    first-order change of the loss when the channel's output is zeroed (Molchanov et al. 2019).
     """
 
     name: str  # the root conv's module name
     filters: torch.Tensor  # channels x weights
     gradients: torch.Tensor | None = None
+    norm_taylor: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -89,6 +92,24 @@ class ChannelGraph:
             if dep.handler in OUT_CHANNEL_FNS and isinstance(dep.target.module, nn.Conv2d):
                 yield dep.target.module, tp._helpers.to_plain_idxs(item.idxs), item.root_idxs
 
+    def _coupled_norms(self, group):
+        """(batchnorm, its channel indices, the root indices they map to) for every coupled BN."""
+        seen = set()
+        for item in group:
+            module = item.dep.target.module
+            if item.dep.handler == tp.prune_batchnorm_out_channels and module.affine and module not in seen:
+                seen.add(module)
+                yield module, tp._helpers.to_plain_idxs(item.idxs), item.root_idxs
+
+    def _norm_taylor(self, name: str, group, channels: int) -> torch.Tensor:
+        saliency = torch.zeros(channels)
+        for norm, idxs, root_idxs in self._coupled_norms(group):
+            if norm.weight.grad is None:
+                raise ValueError(f"{name}: no gradients collected; run collect_gradients first")
+            terms = norm.weight.detach() * norm.weight.grad + norm.bias.detach() * norm.bias.grad
+            saliency.index_add_(0, torch.as_tensor(root_idxs), terms[idxs].cpu())
+        return saliency
+
     def filter_groups(self, with_gradients: bool = False) -> list[FilterGroup]:
         result = []
         for name, group in self.groups.items():
@@ -104,7 +125,10 @@ class ChannelGraph:
                     grads.append(conv.weight.grad.detach()[rows].flatten(1).cpu())
             filters = torch.cat(parts, dim=1)
             assert filters.shape[0] == channels, name
-            result.append(FilterGroup(name, filters, torch.cat(grads, dim=1) if with_gradients else None))
+            if with_gradients:
+                result.append(FilterGroup(name, filters, torch.cat(grads, dim=1), self._norm_taylor(name, group, channels)))
+            else:
+                result.append(FilterGroup(name, filters))
         return result
 
     # --- soft pruning: zero or shrink channels in place, the network keeps its shape -----------

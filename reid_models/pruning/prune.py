@@ -106,6 +106,30 @@ class ChannelSelector:
                 for group in self.graph.filter_groups()}
 
 
+class ProgressivePruner:
+    """PLFP's soft-then-hard schedule as an epoch hook, so any training loop can carry it
+    (pruning fine-tune, supervised or unsupervised adaptation).
+
+    After every epoch: re-select under the budget and multiply the selection by `decay`; after
+    the last one (`epochs - 1`), set it to zero. `finish()` then removes the zeroed channels.
+    """
+
+    def __init__(self, selector: ChannelSelector, decay: float, epochs: int) -> None:
+        self.selector, self.decay, self.last = selector, decay, epochs - 1
+
+    def after_epoch(self, epoch: int) -> None:
+        selection = self.selector.select()
+        self.selector.graph.scale_channels(selection, 0.0 if epoch >= self.last else self.decay)
+        log.info("epoch %d: decayed %d channels", epoch + 1, sum(map(len, selection.values())))
+
+    def finish(self) -> dict[str, dict]:
+        """Remove the zeroed channels; returns the per-group description of what went."""
+        selection = self.selector.zeroed_channels()
+        described = _describe(self.selector, selection)
+        self.selector.graph.remove_channels(selection)
+        return described
+
+
 def _describe(selector: ChannelSelector, selection: Selection) -> dict[str, dict]:
     sizes = {group.name: group.channels for group in selector.graph.filter_groups()}
     return {name: {"before": sizes[name], "removed": len(channels), "rate": len(channels) / sizes[name]}
@@ -144,18 +168,10 @@ def prune_model(
         if train_set is not None:
             report.history = train_model(model, train_set, settings.finetune, device, **finetune)
     else:
-        last = settings.finetune.epochs - 1
-
-        def decay_selected(epoch: int) -> None:
-            selection = selector.select()
-            selector.graph.scale_channels(selection, 0.0 if epoch == last else settings.decay)
-            log.info("epoch %d: decayed %d channels", epoch + 1, sum(map(len, selection.values())))
-
-        report.history = train_model(model, train_set, settings.finetune, device, epoch_hook=decay_selected,
+        pruner = ProgressivePruner(selector, settings.decay, settings.finetune.epochs)
+        report.history = train_model(model, train_set, settings.finetune, device, epoch_hook=pruner.after_epoch,
                                      **finetune)
-        selection = selector.zeroed_channels()
-        report.channels = _describe(selector, selection)
-        selector.graph.remove_channels(selection)
+        report.channels = pruner.finish()
 
     report.flops_after, report.params_after = count_flops(model, height, width), count_params(model)
     log.info("pruned with %s (%s): FLOPs %.1fM -> %.1fM (%.1f%% fewer)", criterion.name, settings.mode,

@@ -1,0 +1,343 @@
+"""Where in a ReID model's life to prune it: the scenarios, with equal training budgets.
+
+Every scenario starts from the same source-trained model (except `small_dense`, which trains a
+thinner network through the same pretraining) and then spends exactly `scenarios.epochs`
+epochs of `scenarios.batches_per_epoch` P x K batches, so all see the same number of training
+images after pretraining (recorded as `images_seen`):
+
+- source_only   no adaptation, no pruning: the lower bound (0 images).
+- adapt_only    adapt for all epochs: the unpruned reference.
+- prune_before  prune on source data (`prune_epochs`), then adapt for the rest.
+- prune_during  adapt for all epochs with progressive decay after each one; removal at the end.
+- prune_after   adapt (epochs - prune_epochs), then prune on target data with `prune_epochs`
+                of recovery (progressive decay, or one-shot removal then fine-tuning).
+- small_dense   a dense network thinned to the pruned FLOPs, trained from scratch on source
+                with the pretraining recipe, then adapted for all epochs (Masson et al. 2021:
+                pruning a larger network should beat training a smaller one).
+
+Adaptation is supervised (target labels) or unsupervised (clustered pseudo-labels). Each
+scenario runs as resumable steps: a finished step's model is saved and a re-run starts after
+it; inside a step, training resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reid_models.adapt import ClusterSettings, adapt_unsupervised
+from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
+from reid_models.complexity import measure
+from reid_models.config import PruneSettings, Settings
+from reid_models.data.loading import ImageSet
+from reid_models.models import ReIDNet, resolve_device
+from reid_models.pruning.budget import allocate
+from reid_models.pruning.criteria import L1Norm, build_criterion
+from reid_models.pruning.graph import ChannelGraph
+from reid_models.pruning.prune import ChannelSelector, ProgressivePruner, gradient_batches, prune_model
+from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
+from reid_models.train import EpochCallback, train_model
+
+log = logging.getLogger(__name__)
+
+PRUNING_SCENARIOS = ("prune_before", "prune_during", "prune_after")
+METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    criterion: str  # "none" when the scenario does not prune
+    flops_reduction: float  # 0 for the unpruned ones; small_dense: the reduction it matches
+    adaptation: str  # supervised | unsupervised | none (source_only)
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.criterion}-{self.flops_reduction:g}-{self.adaptation}-seed{self.seed}"
+
+
+def expand_grid(settings: Settings) -> list[Scenario]:
+    """The runs of the grid, without duplicates (a scenario that does not prune ignores criteria)."""
+    grid = settings.scenarios
+    runs: list[Scenario] = []
+    for seed in grid.seeds:
+        for name in grid.names:
+            criteria = grid.criteria if name in PRUNING_SCENARIOS else ["none"]
+            reductions = grid.flops_reductions if name in (*PRUNING_SCENARIOS, "small_dense") else [0.0]
+            adaptations = ["none"] if name == "source_only" else grid.adaptation
+            for criterion in criteria:
+                for reduction in reductions:
+                    for adaptation in adaptations:
+                        run = Scenario(name, criterion, reduction, adaptation, seed)
+                        if run not in runs:
+                            runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# small_dense: the same architecture family, thinner, trained from scratch
+
+
+def thin_dense_model(name: str, flops_reduction: float, num_classes: int, height: int, width: int) -> ReIDNet:
+    """`name` with every channel group narrowed uniformly until it has (1 - reduction) of the
+    FLOPs, then freshly initialised (torchreid's scheme): a small dense network, not a pruned one."""
+    model = ReIDNet(name, num_classes=num_classes)
+    graph = ChannelGraph(model, height, width)
+    groups = graph.filter_groups()
+    counts = allocate(model, groups, L1Norm(), flops_reduction, height, width, "uniform", 0.95, False, 1)
+    graph.remove_channels({group.name: list(range(counts[group.name])) for group in groups})
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+    model.reset_classifier(num_classes)
+    return model
+
+
+def pretrain_small_dense(settings: Settings, flops_reduction: float, out_dir: str | Path,
+                         on_epoch: EpochCallback | None = None) -> str:
+    """The thin dense network, trained on source with the same recipe as the full one."""
+    model_path = Path(out_dir) / "model.pt"
+    if model_path.is_file():  # the pretraining resumes from last.pt; a finished one is reused
+        return str(model_path)
+    torch.manual_seed(settings.seed)
+    thin = thin_dense_model(settings.pretrain.model, flops_reduction, 2, settings.data.height, settings.data.width)
+    return pretrain(settings, out_dir, on_epoch=on_epoch, model=thin)["checkpoint"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One scenario
+
+
+def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | Path) -> str:
+    """What a finished scenario's results depend on; anything else changing re-runs it."""
+    digest = hashlib.sha1(Path(start_checkpoint).read_bytes())
+    relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"),
+                "prune": settings.prune.model_dump(mode="json"), "adapt": settings.adapt.model_dump(mode="json"),
+                "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
+                                                                               "batches_per_epoch"}),
+                "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device}
+    digest.update(json.dumps(relevant, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class ScenarioRun:
+    """Runs one scenario's steps on one model, saving the model after each step."""
+
+    def __init__(self, scenario: Scenario, settings: Settings, out_dir: Path, on_epoch: EpochCallback | None,
+                 on_round: Callable[[dict], None] | None, progress: bool) -> None:
+        self.scenario, self.settings, self.out_dir = scenario, settings, out_dir
+        self.on_epoch, self.on_round, self.progress = on_epoch, on_round, progress
+        self.device = resolve_device(settings.device)
+        self.height, self.width = settings.data.height, settings.data.width
+        self.model: ReIDNet | None = None
+        self.steps: list[dict] = []  # per step: name, epochs, images, history
+        self._images: dict[str, ImageSet] = {}
+
+    # --- data and settings ---------------------------------------------------------------
+
+    def images(self, domain: str) -> ImageSet:
+        if domain not in self._images:
+            data = self.settings.data
+            splits = load_domain(getattr(data, domain), data, self.settings.seed, check_images=False)
+            self._images[domain] = training_images(splits, data, self.settings.adapt.train.augment)
+        return self._images[domain]
+
+    def prune_settings(self, epochs: int) -> PruneSettings:
+        prune = self.settings.prune
+        finetune = prune.finetune.model_copy(update={"epochs": epochs, "warmup_epochs": 0,
+                                                     "batches_per_epoch": self.settings.scenarios.batches_per_epoch})
+        return prune.model_copy(update={"criterion": self.scenario.criterion,
+                                        "flops_reduction": self.scenario.flops_reduction, "finetune": finetune})
+
+    def adapt_recipe(self, epochs: int):
+        return self.settings.adapt.train.model_copy(update={
+            "epochs": epochs, "warmup_epochs": 0, "batches_per_epoch": self.settings.scenarios.batches_per_epoch})
+
+    # --- resumable steps -------------------------------------------------------------------
+
+    def step(self, name: str, run: Callable[[Path], list[dict]]) -> None:
+        """Run a step unless its saved model exists; either way the model is the step's output."""
+        index = len(self.steps) + 1
+        step_dir = self.out_dir / f"step{index}_{name}"
+        saved = step_dir / "model.pt"
+        if saved.is_file():
+            payload = load_checkpoint(saved)
+            self.model = model_from_payload(payload, str(saved))
+            history = payload["history"]
+            log.info("%s: step %d (%s) already done", self.scenario.key, index, name)
+        else:
+            torch.manual_seed(self.scenario.seed * 7919 + index)
+            history = run(step_dir)
+            self.model.cpu()
+            save_checkpoint(saved, model_payload(self.model, self.settings, history, step=name))
+        self.steps.append({"name": name, "epochs": len(history) if history and "epoch" in history[0] else
+                           sum(r.get("epochs", 0) for r in history),
+                           "images": sum(r.get("images", 0) for r in history), "history": history})
+
+    def prune_on_source(self, epochs: int) -> None:
+        def run(step_dir: Path) -> list[dict]:
+            settings = self.prune_settings(epochs)
+            criterion = build_criterion(settings.criterion, settings.plfp_k, self.scenario.seed)
+            report = prune_model(self.model, criterion, settings, self.images("source"), self.device, self.height,
+                                 self.width, seed=self.scenario.seed, checkpoint_path=step_dir / "last.pt",
+                                 on_epoch=self.on_epoch, progress=self.progress)
+            save_json(step_dir / "prune_report.json", report.as_dict())
+            return report.history
+
+        self.step("prune_source", run)
+
+    def adapt(self, epochs: int, prune: bool = False, progressive: bool = True) -> None:
+        """Adapt to the target for `epochs`; with `prune`, prune on the way (progressive decay
+        riding on the adaptation epochs, or one-shot removal before them)."""
+        adaptation, settings = self.scenario.adaptation, self.settings
+
+        def run(step_dir: Path) -> list[dict]:
+            model, target = self.model, self.images("target")
+            prune_settings = self.prune_settings(epochs)
+            criterion = build_criterion(self.scenario.criterion, prune_settings.plfp_k, self.scenario.seed) \
+                if prune else None
+            pruner: ProgressivePruner | None = None
+
+            def selector_for(train_set: ImageSet) -> ChannelSelector:
+                batches = gradient_batches(train_set, prune_settings, self.scenario.seed, self.device)
+                return ChannelSelector(model, criterion, prune_settings, self.height, self.width, batches)
+
+            def on_labels(train_set: ImageSet) -> None:
+                # A new head per round (pseudo-identities change), so the channel graph is rebuilt.
+                model.reset_classifier(int(train_set.labels.max()) + 1)
+                if pruner is not None:
+                    pruner.selector = selector_for(train_set)
+
+            if prune and progressive:
+                pruner = ProgressivePruner(None, prune_settings.decay, epochs)
+            if adaptation == "supervised":
+                on_labels(target)
+                if prune and not progressive:
+                    selector = selector_for(target)
+                    selector.graph.remove_channels(selector.select())
+                history = train_model(model, target, self.adapt_recipe(epochs), self.device, seed=self.scenario.seed,
+                                      checkpoint_path=step_dir / "last.pt", on_epoch=self.on_epoch,
+                                      backbone_lr_scale=settings.adapt.backbone_lr_scale, progress=self.progress,
+                                      epoch_hook=pruner.after_epoch if pruner else None)
+            else:
+                cluster = ClusterSettings(**settings.adapt.cluster.model_dump())
+                history = adapt_unsupervised(
+                    model, target, self.adapt_recipe(epochs), cluster, settings.adapt.epochs_per_round, self.device,
+                    seed=self.scenario.seed, on_round=self.on_round, true_pids=target.labels.numpy(),
+                    backbone_lr_scale=settings.adapt.backbone_lr_scale, on_labels=on_labels,
+                    epoch_hook=pruner.after_epoch if pruner else None, checkpoint_dir=step_dir,
+                    progress=self.progress)
+            if pruner is not None:
+                save_json(step_dir / "channels.json", pruner.finish())
+            return history
+
+        self.step("prune_target" if prune else "adapt", run)
+
+    def prune_then_recover_on_target(self, epochs: int) -> None:
+        """prune_after's pruning step: the target's (pseudo-)labels drive the recovery."""
+        progressive = self.settings.prune.mode == "progressive" or self.scenario.adaptation == "unsupervised"
+        self.adapt(epochs, prune=True, progressive=progressive)
+
+
+def _source_model(scenario: Scenario, settings: Settings, source_checkpoint: str | Path,
+                  small_dense_checkpoint: str | Path | None) -> tuple[ReIDNet, Path]:
+    start = Path(small_dense_checkpoint if scenario.name == "small_dense" else source_checkpoint)
+    if scenario.name == "small_dense" and small_dense_checkpoint is None:
+        raise ValueError("the small_dense scenario needs its own source-trained thin model (small_dense_checkpoint)")
+    return model_from_payload(load_checkpoint(start), str(start)), start
+
+
+def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str | Path, out_dir: str | Path,
+                 small_dense_checkpoint: str | Path | None = None, on_epoch: EpochCallback | None = None,
+                 on_round: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
+    """Run one scenario (or return its saved result when nothing it depends on changed).
+
+    Writes `model.pt` (the final model, with its architecture spec) and `result.json` (one row)
+    in `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    model, start = _source_model(scenario, settings, source_checkpoint, small_dense_checkpoint)
+    key = fingerprint(scenario, settings, start)
+    marker = out_dir / "fingerprint.txt"
+    if marker.is_file() and marker.read_text() != key:
+        log.info("%s: settings changed since the last run; starting over", scenario.key)
+        shutil.rmtree(out_dir)
+    if (out_dir / "result.json").is_file():
+        return json.loads((out_dir / "result.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+
+    began = time.perf_counter()
+    budget = settings.scenarios
+    run = ScenarioRun(scenario, settings, out_dir, on_epoch, on_round, progress)
+    run.model = model
+    adapt_epochs = budget.epochs - budget.prune_epochs
+    if scenario.name in ("adapt_only", "small_dense"):
+        run.adapt(budget.epochs)
+    elif scenario.name == "prune_before":
+        run.prune_on_source(budget.prune_epochs)
+        run.adapt(adapt_epochs)
+    elif scenario.name == "prune_during":
+        run.adapt(budget.epochs, prune=True, progressive=True)
+    elif scenario.name == "prune_after":
+        run.adapt(adapt_epochs)
+        run.prune_then_recover_on_target(budget.prune_epochs)
+    elif scenario.name != "source_only":
+        raise ValueError(f"unknown scenario {scenario.name!r}")
+
+    final = run.model.cpu().eval()
+    save_checkpoint(out_dir / "model.pt", model_payload(final, settings, [], scenario=asdict(scenario)))
+    row = {**asdict(scenario), **evaluate_scenario_model(final, settings),
+           "images_seen": sum(step["images"] for step in run.steps),
+           "epochs": sum(step["epochs"] for step in run.steps),
+           "steps": "+".join(step["name"] for step in run.steps) or "none",
+           "seconds": time.perf_counter() - began}
+    save_json(out_dir / "steps.json", run.steps)
+    save_json(out_dir / "result.json", row)
+    return row
+
+
+def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> dict:
+    """Cost of the physical model and Market-1501 metrics: target test (the question) and
+    source test (what adapting forgot)."""
+    device = resolve_device(settings.device)
+    cost = measure(model, settings.data.height, settings.data.width)
+    row = {key: cost[key] for key in ("flops", "params", "latency_ms", "throughput_ips")}
+    for domain, prefix in (("target", ""), ("source", "source_")):
+        splits = load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
+        metrics = evaluate_model(model, splits, settings.data, settings.evaluate, device)
+        row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
+    return row
+
+
+def images_budget(settings: Settings) -> int:
+    """Training images every adapting scenario sees after pretraining."""
+    grid, recipe = settings.scenarios, settings.adapt.train
+    return grid.epochs * grid.batches_per_epoch * recipe.ids_per_batch * recipe.images_per_id
+
+
+def check_budget(settings: Settings) -> None:
+    """The pruning fine-tune and the adaptation must use the same batch shape, or the scenarios'
+    images seen would differ."""
+    prune, adapt = settings.prune.finetune, settings.adapt.train
+    if (prune.ids_per_batch, prune.images_per_id) != (adapt.ids_per_batch, adapt.images_per_id):
+        raise ValueError(f"prune.finetune batches ({prune.ids_per_batch} x {prune.images_per_id}) and adapt.train "
+                         f"batches ({adapt.ids_per_batch} x {adapt.images_per_id}) differ; scenarios would see "
+                         "different numbers of images: make ids_per_batch and images_per_id equal")
+
