@@ -43,49 +43,73 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return SettingsError, DataError, CheckpointError
 
 
-def _metrics_table(summary: dict) -> Table:
-    """One row per model and test set: cost and ReID metrics (percent)."""
-    table = Table(title="ReID metrics (Market-1501 protocol) and cost",
-                  caption="source: unseen identities, training cameras; target: unseen identities, new cameras")
-    for column in ("model", "test set", "GFLOPs", "params (M)", "latency (ms)", "rank1", "rank5", "rank10",
-                   "mAP", "mINP"):
-        table.add_column(column, justify="left" if column in ("model", "test set") else "right")
-    for model, result in summary.items():
-        cost = result["cost"]
-        for domain in ("source", "target"):
-            values = result[domain]
-            table.add_row(model, domain, f"{cost['flops'] / 1e9:.3f}", f"{cost['params'] / 1e6:.2f}",
-                          f"{cost.get('latency_ms', float('nan')):.1f}",
-                          *(f"{100 * values[k]:.1f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+def _results_table(frame) -> Table:
+    """One row per scenario setting (mean over seeds): cost and target-domain ReID metrics (percent)."""
+    from reid_models.report import summary_over_seeds
+
+    table = Table(title="Where to prune: scenarios on the target cameras (Market-1501 protocol)",
+                  caption="rank/mAP/mINP on the target test split (new cameras, unseen identities); "
+                          "src r1: source test rank-1; images: training images seen after pretraining")
+    columns = ("scenario", "criterion", "FLOPs -", "adaptation", "GFLOPs", "params (M)", "latency (ms)", "rank1",
+               "mAP", "mINP", "src r1", "images", "seeds")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("scenario", "criterion", "adaptation") else "right")
+    for row in summary_over_seeds(frame).itertuples():
+        spread = f" ({100 * row.rank1_min:.1f}-{100 * row.rank1_max:.1f})" if row.seeds > 1 else ""
+        table.add_row(row.scenario, row.criterion, f"{row.flops_reduction:g}", row.adaptation, f"{row.gflops:.3f}",
+                      f"{row.params_m:.2f}", f"{row.latency_ms:.1f}", f"{100 * row.rank1:.1f}{spread}",
+                      f"{100 * row.mAP:.1f}", f"{100 * row.mINP:.1f}", f"{100 * row.source_rank1:.1f}",
+                      str(int(row.images_seen)), str(int(row.seeds)))
     return table
+
+
+def _print_results(settings, paths: dict) -> None:
+    from reid_models.report import load_results
+    from tasks.tracking import ui_command
+
+    console.print(_results_table(load_results(Path(paths["csv"]).parent)))
+    console.print(f"results: {paths['csv']}   plot: {paths['plot']}   summary: {paths['summary']}")
+    console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open http://127.0.0.1:5000")
 
 
 @app.command()
 def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run the prune-adapt flow on the settings in params.yaml (the embedded synthetic benchmark by default)."""
     _setup_logging()
-    from reid_models.config import load_settings
+    from flows.prune_adapt import settings_for
 
     try:
-        settings = load_settings(params, profile, set_ or [])  # fail fast, before Prefect starts
-    except _user_errors() as error:
+        settings = settings_for(profile, set_, params)  # fail fast, before Prefect starts
+    except (*_user_errors(), ValueError) as error:
         _fail(error)
     from flows.prune_adapt import prune_adapt
-    from tasks.tracking import ui_command
 
     try:
-        summary = prune_adapt(profile=profile, overrides=set_ or [], params=params)
+        result = prune_adapt(profile=profile, overrides=set_ or [], params=params)
     except _user_errors() as error:
         _fail(error)
-    console.print(_metrics_table(summary))
-    outputs = Path(settings.outputs)
-    console.print(f"metrics: {outputs / 'metrics.json'}   checkpoints: {outputs / 'pretrain' / 'model.pt'}, "
-                  f"{outputs / 'prune' / 'model.pt'}")
-    console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open http://127.0.0.1:5000")
+    _print_results(settings, result["paths"])
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="data | pretrain | prune | evaluate")],
+def report(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
+    """Print the last run's results table and where its plot is."""
+    from flows.prune_adapt import settings_for
+    from tasks.scenarios import report_dir
+
+    try:
+        settings = settings_for(profile, set_, params)
+    except (*_user_errors(), ValueError) as error:
+        _fail(error)
+    folder = report_dir(settings)
+    if not (folder / "results.csv").is_file():
+        _fail(FileNotFoundError(f"no results in {folder}; run `reid-prune run` (or `dvc repro`) first"))
+    _print_results(settings, {kind: str(folder / name) for kind, name in
+                              (("csv", "results.csv"), ("plot", "flops_vs_rank1.png"), ("summary", "summary.csv"))})
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios | report")],
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run one stage as its own flow (what dvc.yaml calls)."""
     _setup_logging()
@@ -95,10 +119,12 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | prune | ev
         _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGE_FLOWS)}"))
     try:
         result = STAGE_FLOWS[name](profile=profile, overrides=set_ or [], params=params)
-    except _user_errors() as error:
+    except (*_user_errors(), FileNotFoundError) as error:
         _fail(error)
-    if name == "evaluate":
-        console.print(_metrics_table(result))
+    if name == "report":
+        from reid_models.config import load_settings
+
+        _print_results(load_settings(params, profile, set_ or []), result["paths"])
 
 
 @app.command()

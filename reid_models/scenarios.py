@@ -310,6 +310,8 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
            "seconds": time.perf_counter() - began}
     save_json(out_dir / "steps.json", run.steps)
     save_json(out_dir / "result.json", row)
+    for partial in out_dir.glob("step*/*.pt"):  # resume points, no longer needed: keep outputs small
+        partial.unlink()
     return row
 
 

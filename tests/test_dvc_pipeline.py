@@ -21,8 +21,10 @@ def test_dvc_outputs_are_what_the_flows_write():
     stages = load_dvc()
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])}
     assert outs == {"outputs/data/summary.json", "outputs/pretrain/model.pt", "outputs/pretrain/history.json",
-                    "outputs/prune/model.pt", "outputs/prune/architecture.json", "outputs/prune/prune_report.json"}
-    assert [next(iter(m)) for m in stages["evaluate"]["metrics"]] == ["outputs/metrics.json"]
+                    "outputs/scenarios", "outputs/report/results.parquet", "outputs/report/flops_vs_rank1.png",
+                    "outputs/report/summary.csv"}
+    assert [next(iter(m)) for m in stages["report"]["metrics"]] == ["outputs/metrics.json".replace(
+        "outputs/", "outputs/report/")]
 
 
 def test_declared_params_exist_in_params_yaml():

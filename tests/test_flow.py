@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
+import pandas as pd
+
 from tests.conftest import PARAMS, ROOT, quick_overrides
+
+# The tiny domains have 4 training identities: batches of 2 identities, a small fast backbone.
+TINY = ("pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2", "prune.finetune.ids_per_batch=2",
+        "adapt.train.ids_per_batch=2")
 
 
 @pytest.fixture(scope="module")
@@ -18,40 +24,51 @@ def prefect_harness():
         yield
 
 
-def test_flow_trains_evaluates_and_tracks(prefect_harness, tiny_domains, tmp_path):
+def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_harness, tiny_domains, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from flows.prune_adapt import prune_adapt
+    from flows.prune_adapt import prune_adapt, settings_for
+    from reid_models.config import SCENARIO_NAMES
+    from reid_models.scenarios import images_budget
 
-    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
-                                 "prune.finetune.ids_per_batch=2")
-    summary = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
+    overrides = quick_overrides(tmp_path, tiny_domains, *TINY)
+    result = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
+    rows = {(r["name"], r["adaptation"]): r for r in result["rows"]}
 
-    assert set(summary) == {"unpruned", "pruned"}
-    for result in summary.values():
-        for domain in ("source", "target"):
-            metrics = result[domain]
-            assert 0.0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1.0
-            assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 < metrics["mINP"] <= 1.0
-    reduction = 1 - summary["pruned"]["cost"]["flops"] / summary["unpruned"]["cost"]["flops"]
-    assert abs(reduction - 0.5) <= 0.02
-    assert summary["pruned"]["cost"]["params"] < summary["unpruned"]["cost"]["params"]
-    outputs = tmp_path / "outputs"
-    assert json.loads((outputs / "metrics.json").read_text()) == summary
-    assert (outputs / "pretrain" / "model.pt").is_file() and (outputs / "prune" / "model.pt").is_file()
-    history = json.loads((outputs / "pretrain" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert {name for name, _ in rows} == set(SCENARIO_NAMES)
+    assert len(rows) == 1 + 5 * 2  # source_only has no adaptation; the rest run supervised and unsupervised
+    budget = images_budget(settings_for("quick", overrides, str(PARAMS)))
+    unpruned = rows[("adapt_only", "supervised")]
+    for (name, adaptation), row in rows.items():
+        assert 0.0 <= row["rank1"] <= row["rank5"] <= row["rank10"] <= 1.0
+        assert 0.0 < row["mAP"] <= 1.0 and 0.0 < row["mINP"] <= 1.0 and row["latency_ms"] > 0
+        assert row["images_seen"] == (0 if name == "source_only" else budget), (name, adaptation)
+        if name in ("prune_before", "prune_during", "prune_after", "small_dense"):
+            # The pruning budget lands within 2 points; the uniformly thinned dense net within 5.
+            tolerance = 0.05 if name == "small_dense" else 0.02
+            assert abs(1 - row["flops"] / unpruned["flops"] - 0.5) <= tolerance, (name, adaptation)
+            assert row["params"] < unpruned["params"]
+        else:
+            assert row["flops"] == unpruned["flops"]
+
+    report = tmp_path / "outputs" / "report"
+    frame = pd.read_parquet(report / "results.parquet")
+    assert len(frame) == len(rows) and frame["pareto"].any()
+    assert (report / "flops_vs_rank1.png").stat().st_size > 10_000
+    assert set(json.loads((report / "metrics.json").read_text())) == {
+        f"{r['name']}-{r['criterion']}-{r['flops_reduction']:g}-{r['adaptation']}-seed0" for r in rows.values()}
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("reid-prune")
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["pretrain.model"] == "osnet_x0_25"
-    assert run.data.metrics["pruned.target.rank1"] == pytest.approx(summary["pruned"]["target"]["rank1"])
-    assert run.data.metrics["pruned.flops"] == summary["pruned"]["cost"]["flops"]
-    assert run.data.params["prune.criterion"] == "plfp"
-    epochs = client.get_metric_history(run.info.run_id, "pretrain.loss")
-    assert [m.step for m in epochs] == [1, 2]
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == len(rows)
+    assert all(child.info.status == "FINISHED" for child in children)
+    child = next(c for c in children if c.data.params["scenario"] == "prune_during"
+                 and c.data.params["adaptation"] == "supervised")
+    assert child.data.metrics["rank1"] == pytest.approx(rows[("prune_during", "supervised")]["rank1"])
+    assert len(client.get_metric_history(child.info.run_id, "train.loss")) == 2  # one point per epoch
 
 
 def test_bad_settings_fail_before_any_work(tmp_path):
@@ -78,14 +95,19 @@ def test_missing_dataset_fails_with_the_path_and_the_fix(tmp_path):
 
 def test_run_command_prints_the_metrics_table(tiny_domains, tmp_path):
     """`reid-prune run` as a user types it (quick profile, outputs in tmp_path)."""
-    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
-                                "prune.finetune.ids_per_batch=2", "prune.finetune.epochs=1")
+    overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "scenarios.names=[source_only,prune_during]",
+                                "scenarios.adaptation=[supervised]")
     command = [sys.executable, "-m", "flows.cli", "run", "--profile", "quick", "--params", str(PARAMS)]
     for override in overrides:
         command += ["-S", override]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "ReID metrics" in result.stdout and "pruned" in result.stdout
+    assert "Where to prune" in result.stdout and "prune_during" in result.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
-    assert (tmp_path / "outputs" / "metrics.json").is_file()
+    assert (tmp_path / "outputs" / "report" / "results.csv").is_file()
+
+    again = subprocess.run([sys.executable, "-m", "flows.cli", "report", "--profile", "quick", "--params", str(PARAMS),
+                            *(arg for o in overrides for arg in ("-S", o))],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert again.returncode == 0 and "source_only" in again.stdout and "flops_vs_rank1.png" in again.stdout

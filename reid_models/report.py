@@ -1,0 +1,102 @@
+"""The scenario grid's results: a pandas table, its Pareto front and the FLOPs-vs-rank-1 plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reid_models.checkpoint import save_json
+
+# One marker per scenario, one colour per adaptation mode.
+MARKERS = {"source_only": "x", "adapt_only": "o", "prune_before": "<", "prune_during": "s", "prune_after": ">",
+           "small_dense": "D"}
+COLOURS = {"supervised": "tab:blue", "unsupervised": "tab:orange", "none": "tab:gray"}
+SETTINGS_COLUMNS = ["scenario", "criterion", "flops_reduction", "adaptation"]
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows).rename(columns={"name": "scenario"})
+    frame["gflops"] = frame["flops"] / 1e9
+    frame["params_m"] = frame["params"] / 1e6
+    return frame.sort_values(["adaptation", "flops", "scenario"], ascending=[True, False, True], ignore_index=True)
+
+
+def pareto_front(frame: pd.DataFrame, cost: str = "flops", quality: str = "rank1") -> pd.Series:
+    """True for rows no other row of the same adaptation mode beats on both cost and quality."""
+    front = pd.Series(False, index=frame.index)
+    for _, group in frame.groupby("adaptation"):
+        best = -1.0
+        for index, row in group.sort_values([cost, quality], ascending=[True, False]).iterrows():
+            if row[quality] > best:
+                front[index], best = True, row[quality]
+    return front
+
+
+def summary_over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (min-max) of each setting over its seeds."""
+    metrics = {"gflops": "mean", "params_m": "mean", "latency_ms": "mean", "rank1": ["mean", "min", "max", "count"],
+               "mAP": "mean", "mINP": "mean", "source_rank1": "mean", "images_seen": "first"}
+    table = frame.groupby(SETTINGS_COLUMNS, sort=False).agg(metrics)
+    table.columns = ["_".join(c) if c[1] not in ("mean", "first") else c[0] for c in table.columns]
+    return table.rename(columns={"rank1_count": "seeds"}).reset_index()
+
+
+def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for (scenario, adaptation), group in frame.groupby(["scenario", "adaptation"]):
+        axes.scatter(group["gflops"], 100 * group["rank1"], marker=MARKERS.get(scenario, "."),
+                     color=COLOURS.get(adaptation, "black"), s=60, label=f"{scenario} ({adaptation})")
+    front = frame[pareto_front(frame)]
+    for adaptation, group in front.groupby("adaptation"):
+        ordered = group.sort_values("gflops")
+        axes.step(ordered["gflops"], 100 * ordered["rank1"], where="post", color=COLOURS.get(adaptation, "black"),
+                  alpha=0.5, linestyle="--")
+    axes.set_xlabel("GFLOPs per image (physically pruned model)")
+    axes.set_ylabel("target rank-1 (%)")
+    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras (dashed: Pareto front)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.png")
+    figure.savefig(partial, dpi=120)
+    plt.close(figure)
+    partial.replace(path)  # no half-written plot if the run dies while saving
+    return path
+
+
+def save_results(rows: list[dict], out_dir: str | Path) -> dict[str, str]:
+    """results.csv / .parquet (one row per run), summary.csv (over seeds), the plot, metrics.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = results_frame(rows)
+    frame["pareto"] = pareto_front(frame)
+    paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
+             "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
+             "metrics": out_dir / "metrics.json"}
+    for kind, writer in (("csv", lambda p: frame.to_csv(p, index=False)),
+                         ("parquet", lambda p: frame.to_parquet(p, index=False)),
+                         ("summary", lambda p: summary_over_seeds(frame).to_csv(p, index=False))):
+        partial = paths[kind].with_name(paths[kind].name + ".partial")
+        writer(partial)
+        partial.replace(paths[kind])
+    plot_flops_vs_rank1(frame, paths["plot"])
+    metrics = {f"{row.scenario}-{row.criterion}-{row.flops_reduction:g}-{row.adaptation}-seed{row.seed}":
+               {"gflops": round(row.gflops, 4), "rank1": row.rank1, "mAP": row.mAP, "mINP": row.mINP}
+               for row in frame.itertuples()}
+    save_json(paths["metrics"], metrics)
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def load_results(out_dir: str | Path) -> pd.DataFrame:
+    path = Path(out_dir) / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}; run `reid-prune run` (or `dvc repro`) first")
+    return pd.read_csv(path)

@@ -1,0 +1,102 @@
+"""The scenario grid's pieces: grid expansion, budgets, the thin dense network, resume, memory."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from reid_models.complexity import count_flops
+from reid_models.config import SettingsError, load_settings
+from reid_models.models import ReIDNet
+from reid_models.scenarios import Scenario, check_budget, expand_grid, run_scenario, thin_dense_model
+from tests.conftest import PARAMS, ROOT, quick_overrides
+
+
+def test_grid_runs_each_setting_once():
+    settings = load_settings(PARAMS, overrides=["scenarios.criteria=[plfp,l1]", "scenarios.flops_reductions=[0.3,0.5]",
+                                                "scenarios.seeds=[0,1]"])
+    grid = expand_grid(settings)
+    per_seed = (1  # source_only: no adaptation, no pruning
+                + 2  # adapt_only x 2 adaptation modes
+                + 3 * 2 * 2 * 2  # three pruning stages x criteria x reductions x modes
+                + 2 * 2)  # small_dense x reductions x modes (no criterion)
+    assert len(grid) == len(set(grid)) == 2 * per_seed
+    assert {s.criterion for s in grid if s.name in ("source_only", "adapt_only", "small_dense")} == {"none"}
+    assert len({s.key for s in grid}) == len(grid)
+
+
+def test_unequal_budgets_are_refused_before_any_work():
+    with pytest.raises(SettingsError, match="prune_epochs"):
+        load_settings(PARAMS, overrides=["scenarios.prune_epochs=6"])
+    settings = load_settings(PARAMS, overrides=["adapt.train.images_per_id=8"])
+    with pytest.raises(ValueError, match="images_per_id"):
+        check_budget(settings)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "osnet_x0_25"])
+def test_small_dense_network_matches_the_pruned_flops_and_starts_untrained(name):
+    full = ReIDNet(name, num_classes=5)
+    thin = thin_dense_model(name, 0.5, num_classes=5, height=64, width=32)
+    assert abs(1 - count_flops(thin, 64, 32) / count_flops(full, 64, 32) - 0.5) <= 0.05
+    assert thin.feature_dim == full.feature_dim  # same retrieval embedding as the pruned models
+    norms = [m for m in thin.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all()) and m.num_batches_tracked == 0 for m in norms)
+    thin.eval()
+    assert thin(torch.randn(2, 3, 64, 32)).shape == (2, full.feature_dim)
+
+
+def test_a_crashed_scenario_resumes_after_its_last_finished_step(tiny_domains, tmp_path, monkeypatch):
+    from reid_models import scenarios
+    from reid_models.stages import pretrain
+
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                "pretrain.epochs=1", "prune.finetune.ids_per_batch=2", "adapt.train.ids_per_batch=2")
+    settings = load_settings(PARAMS, "quick", overrides)
+    source = pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+    scenario = Scenario("prune_before", "l1", 0.5, "supervised", 0)
+    out = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while adapting")
+
+    monkeypatch.setattr(scenarios.ScenarioRun, "adapt", crash)
+    with pytest.raises(RuntimeError):
+        run_scenario(scenario, settings, source, out, progress=False)
+    assert (out / "step1_prune_source" / "model.pt").is_file() and not (out / "result.json").exists()
+
+    monkeypatch.undo()
+    monkeypatch.setattr(scenarios, "prune_model", lambda *a, **k: pytest.fail("the finished pruning step re-ran"))
+    row = run_scenario(scenario, settings, source, out, progress=False)
+    assert row["steps"] == "prune_source+adapt" and row["images_seen"] == scenarios.images_budget(settings)
+    assert not list(out.glob("step*/*.pt"))  # resume points are dropped once the result is saved
+    assert run_scenario(scenario, settings, source, out, progress=False) == row  # finished: read back
+
+    changed = load_settings(PARAMS, "quick", [*overrides, "prune.decay=0.5"])
+    monkeypatch.undo()
+    assert run_scenario(scenario, changed, source, out, progress=False)["images_seen"] == row["images_seen"]
+    assert (out / "fingerprint.txt").read_text() != ""
+
+
+def test_clustering_20000_images_stays_under_2_gb():
+    """The k-reciprocal Jaccard graph is sparse: a whole process clustering 20,000 features
+    (torch and faiss loaded) peaks under 2 GB, where a dense 20k x 20k float matrix alone is 1.6 GB."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np, torch
+        from reid_models.adapt import ClusterSettings, describe_clusters, pseudo_labels
+        n, ids = 20000, 2000
+        rng = np.random.default_rng(0)
+        pids, camids = rng.integers(0, ids, n), rng.integers(0, 6, n)
+        features = (rng.standard_normal((ids, 128))[pids] + rng.standard_normal((6, 128))[camids]
+                    + 0.4 * rng.standard_normal((n, 128)))
+        labels = pseudo_labels(torch.tensor(features, dtype=torch.float32), torch.tensor(camids), ClusterSettings())
+        report = describe_clusters(labels, pids)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, report["adjusted_rand_index"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    peak_mb, ari = map(float, result.stdout.split()[-2:])
+    assert peak_mb < 2048
+    assert ari > 0.9  # and it still finds the identities
