@@ -102,7 +102,7 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6) -> sparse.csr
 class ClusterSettings:
     k1: int = 20
     k2: int = 6
-    eps: float = 0.6
+    eps: float = 0.4
     min_samples: int = 4
     camera_aware: bool = True
 

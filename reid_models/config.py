@@ -132,7 +132,7 @@ class ClusterSettingsModel(Section):
 
     k1: int = Field(20, ge=2, description="k of the k-reciprocal neighbourhoods")
     k2: int = Field(6, ge=1, description="neighbours averaged in the query expansion")
-    eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on the Jaccard distance")
+    eps: float = Field(0.4, gt=0.0, lt=1.0, description="DBSCAN radius on the Jaccard distance")
     min_samples: int = Field(4, ge=2)
     camera_aware: bool = True
 
@@ -160,7 +160,7 @@ class ScenarioSettings(Section):
     seeds: list[int] = [0]
     epochs: int = Field(6, ge=1, description="training epochs after pretraining, equal for every scenario")
     prune_epochs: int = Field(3, ge=1, description="prune_before/after: epochs spent pruning (the rest adapt)")
-    batches_per_epoch: int = Field(24, ge=1, description="P x K batches per epoch on any domain: equal images")
+    batches_per_epoch: int = Field(20, ge=1, description="P x K batches per epoch on any domain: equal images")
     workers: int = Field(1, ge=1, description="scenarios run at once by the flow's task runner")
 
     @field_validator("flops_reductions")

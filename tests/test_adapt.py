@@ -26,8 +26,8 @@ def test_camera_centring_removes_each_cameras_mean():
 
 def test_camera_aware_clustering_recovers_identities_that_plain_clustering_splits():
     features, camids, pids = camera_biased_features()
-    aware = describe_clusters(pseudo_labels(features, camids, ClusterSettings(camera_aware=True)), pids)
-    plain = describe_clusters(pseudo_labels(features, camids, ClusterSettings(camera_aware=False)), pids)
+    aware = describe_clusters(pseudo_labels(features, camids, ClusterSettings(eps=0.6, camera_aware=True)), pids)
+    plain = describe_clusters(pseudo_labels(features, camids, ClusterSettings(eps=0.6, camera_aware=False)), pids)
     assert aware["adjusted_rand_index"] > 0.9
     assert aware["adjusted_rand_index"] > plain["adjusted_rand_index"] + 0.2
     assert 80 <= aware["clusters"] <= 120 and aware["outlier_share"] < 0.1

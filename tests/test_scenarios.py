@@ -91,7 +91,7 @@ def test_clustering_20000_images_stays_under_2_gb():
         pids, camids = rng.integers(0, ids, n), rng.integers(0, 6, n)
         features = (rng.standard_normal((ids, 128))[pids] + rng.standard_normal((6, 128))[camids]
                     + 0.4 * rng.standard_normal((n, 128)))
-        labels = pseudo_labels(torch.tensor(features, dtype=torch.float32), torch.tensor(camids), ClusterSettings())
+        labels = pseudo_labels(torch.tensor(features, dtype=torch.float32), torch.tensor(camids), ClusterSettings(eps=0.6))
         report = describe_clusters(labels, pids)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, report["adjusted_rand_index"])
     """)
