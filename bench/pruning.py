@@ -106,6 +106,17 @@ def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> 
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """The docs/RESULTS.md table of a finished run: one row per budget, one column pair per criterion."""
+    lines = ["| criterion | mode | FLOPs - (target) | measured | rank-1 | mAP | target rank-1 | latency x | throughput x |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["target_reduction"], r["criterion"] != "plfp", r["criterion"])):
+        lines.append(f"| {r['criterion']} | {r.get('mode', '')} | {r['target_reduction']:.1f} | "
+                     f"{r['measured_reduction']:.3f} | {100 * r['rank1']:.1f} | {100 * r['mAP']:.1f} | "
+                     f"{100 * r['target_rank1']:.1f} | {r['latency_ratio']:.2f} | {r['throughput_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default", choices=["quick", "default"])
@@ -115,7 +126,11 @@ def main() -> None:
     parser.add_argument("--reductions", default=",".join(map(str, REDUCTIONS)))
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--retime", action="store_true", help="only re-measure the speed ratios of --json's rows")
+    parser.add_argument("--table", action="store_true", help="only print --json's rows as a markdown table")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.json.read_text())))
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.retime:
         rows = retime(args.profile, args.params, args.overrides, args.json)
