@@ -16,7 +16,7 @@ import flows  # noqa: F401  (sets telemetry-off environment before Prefect/MLflo
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prune a person ReID model for a new camera domain, with evidence.")
 # Long paths in errors stay on one line; piped output (CI, logs) gets room for the metrics table.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 ProfileOption = Annotated[Optional[str], typer.Option("--profile", "-p", help="profile from params.yaml (default, quick)")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override: KEY.PATH=VALUE, repeatable")]
@@ -53,7 +53,9 @@ def _results_table(frame) -> Table:
     columns = ("scenario", "criterion", "FLOPs -", "adaptation", "GFLOPs", "params (M)", "latency (ms)", "rank1",
                "mAP", "mINP", "src r1", "images", "seeds")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("scenario", "criterion", "adaptation") else "right")
+        text = column in ("scenario", "criterion", "adaptation")
+        # names are what the reader scans for: never cut them; headers of numbers may wrap instead
+        table.add_column(column, justify="left" if text else "right", no_wrap=text, min_width=12 if text else None)
     for row in summary_over_seeds(frame).itertuples():
         spread = f" ({100 * row.rank1_min:.1f}-{100 * row.rank1_max:.1f})" if row.seeds > 1 else ""
         table.add_row(row.scenario, row.criterion, f"{row.flops_reduction:g}", row.adaptation, f"{row.gflops:.3f}",

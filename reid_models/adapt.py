@@ -60,11 +60,12 @@ def _reciprocal(indices: np.ndarray, i: int, k: int) -> np.ndarray:
     return forward[np.any(indices[forward, : k + 1] == i, axis=1)]
 
 
-def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6) -> sparse.csr_matrix:
+def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, pair_chunk: int = 50_000) -> sparse.csr_matrix:
     """Jaccard distances between each image and its k1 nearest neighbours, as a sparse matrix.
 
     Memory is O(N * k1): the k-reciprocal encodings are sparse rows, and distances are only
-    computed for neighbour pairs (all DBSCAN needs with an eps below the k1-th distance).
+    computed for neighbour pairs (all DBSCAN needs with an eps below the k1-th distance),
+    `pair_chunk` pairs at a time.
     """
     n = len(features)
     distances, indices = nearest_neighbours(features, k1 + 1)
@@ -90,9 +91,13 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6) -> sparse.csr
 
     pair_rows = np.repeat(np.arange(n), indices.shape[1])
     pair_cols = indices.reshape(-1)
-    minimum = np.asarray(encoding[pair_rows].minimum(encoding[pair_cols]).sum(1)).ravel()
-    maximum = np.asarray(encoding[pair_rows].maximum(encoding[pair_cols]).sum(1)).ravel()
-    jaccard = 1.0 - minimum / np.maximum(maximum, 1e-12)
+    jaccard = np.empty(len(pair_rows))
+    for start in range(0, len(pair_rows), pair_chunk):  # chunks bound the gathered encodings' memory
+        chunk = slice(start, start + pair_chunk)
+        left, right = encoding[pair_rows[chunk]], encoding[pair_cols[chunk]]
+        minimum = np.asarray(left.minimum(right).sum(1)).ravel()
+        maximum = np.asarray(left.maximum(right).sum(1)).ravel()
+        jaccard[chunk] = 1.0 - minimum / np.maximum(maximum, 1e-12)
     keep = pair_rows != pair_cols  # DBSCAN counts the point itself; leave the diagonal implicit
     graph = sparse.csr_matrix((jaccard[keep], (pair_rows[keep], pair_cols[keep])), shape=(n, n))
     return graph.maximum(graph.T).tocsr()  # symmetric
