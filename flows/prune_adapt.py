@@ -1,21 +1,24 @@
 """The `prune-adapt` flow: data -> pretrain on source -> the scenario grid -> report.
 
 The source model is trained once and shared by every scenario; each scenario is its own task
-and a child MLflow run under the pipeline's run. Each stage is also a flow of its own
-(`prune-adapt-data`, ...), which is what `dvc repro` runs, so there is one definition of each.
+and a child MLflow run under the pipeline's run. The grid is a subflow whose task runner comes
+from `params.yaml`'s `orchestration` section (threads here, Dask processes or a Dask cluster
+elsewhere): the same code for all. Each stage is also a flow of its own (`prune-adapt-data`,
+...), which is what `dvc repro` runs, so there is one definition of each.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from prefect import flow
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from reid_models.config import Settings, load_settings
-from reid_models.scenarios import Scenario, check_budget, expand_grid
-from tasks.scenarios import finished_rows, pretrain_small_dense, report, run_scenario
-from tasks.stages import prepare_data, pretrain
-from tasks.tracking import Tracker, tracked_run
+from reid_models.scenarios import check_budget, expand_grid
+from tasks.scenarios import finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, small_dense_dir
+from tasks.stages import data_summary_path, prepare_data, pretrain, source_checkpoint_path
+from tasks.tracking import Tracker, close_orphaned_runs, tracked_run
 
 
 def settings_for(profile: str | None, overrides: list[str] | None, params: str) -> Settings:
@@ -24,24 +27,52 @@ def settings_for(profile: str | None, overrides: list[str] | None, params: str) 
     return settings
 
 
-def source_checkpoint(settings: Settings) -> str:
-    return str(Path(settings.outputs) / "pretrain" / "model.pt")
+def task_runner_for(settings: Settings) -> TaskRunner:
+    """threads: a pool in this process. dask: a LocalCluster of worker processes, or the
+    scheduler at `orchestration.dask_address`."""
+    chosen = settings.orchestration
+    if chosen.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=chosen.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if chosen.dask_address:
+        return DaskTaskRunner(address=chosen.dask_address)
+    # Workers inherit the project's working directory and environment (relative paths resolve).
+    return DaskTaskRunner(cluster_kwargs={"n_workers": chosen.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "host": "127.0.0.1"})
+
+
+def _cached(task, present: bool):
+    """The task as declared, but recomputed when the files its cached result points at are gone."""
+    return task if present else task.with_options(refresh_cache=True)
+
+
+@flow(name="scenario-grid")
+def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) -> list[dict]:
+    """Every scenario of the grid as a task; the task runner decides how many run at once."""
+    grid = expand_grid(settings)
+    small_dense = {}
+    for reduction in sorted({s.flops_reduction for s in grid if s.name == "small_dense"}):
+        present = (small_dense_dir(settings, reduction) / "model.pt").is_file()
+        small_dense[reduction] = _cached(pretrain_small_dense, present).submit(settings, reduction)
+    futures = [_cached(run_scenario, outputs_present(settings, scenario)).submit(
+        settings, scenario, source, small_dense.get(scenario.flops_reduction) if scenario.name == "small_dense"
+        else None, parent_run_id) for scenario in grid]
+    return [future.result() for future in futures]
 
 
 def run_grid(settings: Settings, source: str, tracker: Tracker | None) -> list[dict]:
-    """Every scenario of the grid as a task, `scenarios.workers` at a time."""
-    grid = expand_grid(settings)
-    small_dense = {reduction: pretrain_small_dense(settings, reduction, tracker)
-                   for reduction in sorted({s.flops_reduction for s in grid if s.name == "small_dense"})}
-    parent = tracker.run_id if tracker else None
-    rows: list[dict] = []
-    workers = settings.scenarios.workers
-    for start in range(0, len(grid), workers):
-        batch: list[Scenario] = grid[start:start + workers]
-        futures = [run_scenario.submit(settings, scenario, source, small_dense.get(scenario.flops_reduction), parent)
-                   for scenario in batch]
-        rows += [future.result() for future in futures]
-    return rows
+    runner = scenario_grid.with_options(task_runner=task_runner_for(settings))
+    return runner(settings, source, tracker.run_id if tracker else None)
+
+
+def data_task(settings: Settings, tracker: Tracker | None = None) -> dict:
+    domains_present = all(os.path.isdir(getattr(settings.data, d).path) for d in ("source", "target"))
+    return _cached(prepare_data, domains_present and data_summary_path(settings).is_file())(settings, tracker)
+
+
+def pretrain_task(settings: Settings, tracker: Tracker | None) -> str:
+    return _cached(pretrain, source_checkpoint_path(settings).is_file())(settings, tracker)
 
 
 @flow(name="prune-adapt")
@@ -49,11 +80,13 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
                 params: str = "params.yaml") -> dict:
     """The whole pipeline: one parent MLflow run, a child run per scenario."""
     settings = settings_for(profile, overrides, params)  # bad settings fail here, before any work
+    close_orphaned_runs(settings)
     with tracked_run(settings, f"prune-adapt-{settings.profile}") as tracker:
         tracker.params({"profile": settings.profile, "device": settings.device, "seed": settings.seed,
-                        "scenarios": settings.scenarios.model_dump(mode="json")})
-        prepare_data(settings, tracker)
-        source = pretrain(settings, tracker)
+                        "scenarios": settings.scenarios.model_dump(mode="json"),
+                        "orchestration": settings.orchestration.model_dump(mode="json")})
+        data_task(settings, tracker)
+        source = pretrain_task(settings, tracker)
         tracker.artifact(source, "pretrain")
         rows = run_grid(settings, source, tracker)
         paths = report(settings, rows, tracker)
@@ -62,23 +95,25 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
 
 @flow(name="prune-adapt-data")
 def data_stage(profile: str | None = None, overrides: list[str] | None = None, params: str = "params.yaml") -> dict:
-    return prepare_data(settings_for(profile, overrides, params))
+    return data_task(settings_for(profile, overrides, params))
 
 
 @flow(name="prune-adapt-pretrain")
 def pretrain_stage(profile: str | None = None, overrides: list[str] | None = None,
                    params: str = "params.yaml") -> str:
     settings = settings_for(profile, overrides, params)
+    close_orphaned_runs(settings)
     with tracked_run(settings, f"pretrain-{settings.profile}") as tracker:
-        return pretrain(settings, tracker)
+        return pretrain_task(settings, tracker)
 
 
 @flow(name="prune-adapt-scenarios")
 def scenarios_stage(profile: str | None = None, overrides: list[str] | None = None,
                     params: str = "params.yaml") -> list[dict]:
     settings = settings_for(profile, overrides, params)
+    close_orphaned_runs(settings)
     with tracked_run(settings, f"scenarios-{settings.profile}") as tracker:
-        return run_grid(settings, source_checkpoint(settings), tracker)
+        return run_grid(settings, str(source_checkpoint_path(settings)), tracker)
 
 
 @flow(name="prune-adapt-report")

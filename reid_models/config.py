@@ -161,7 +161,6 @@ class ScenarioSettings(Section):
     epochs: int = Field(6, ge=1, description="training epochs after pretraining, equal for every scenario")
     prune_epochs: int = Field(3, ge=1, description="prune_before/after: epochs spent pruning (the rest adapt)")
     batches_per_epoch: int = Field(20, ge=1, description="P x K batches per epoch on any domain: equal images")
-    workers: int = Field(1, ge=1, description="scenarios run at once by the flow's task runner")
 
     @field_validator("flops_reductions")
     @classmethod
@@ -191,8 +190,25 @@ class EvaluateSettings(Section):
 class TrackingSettings(Section):
     # Relative sqlite paths are resolved against the project root: MLflow needs absolute URIs.
     uri: str = "sqlite:///mlruns.db"
-    experiment: str = "reid-prune"
+    experiment: str = Field("reid-prune", min_length=1, description="prefix; the dataset pair is appended")
     artifact_root: str = "mlartifacts"
+    registered_model: str = Field("reid-prune", min_length=1, description="Model Registry name of final models")
+
+
+class OrchestrationSettings(Section):
+    """How Prefect runs the scenario tasks. The flow code is the same for every runner."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1, description="threads: scenarios at once; dask: LocalCluster worker processes")
+    dask_address: str | None = Field(None, description="an existing scheduler, e.g. tcp://10.0.0.5:8786")
+    torch_threads: int = Field(0, ge=0, description="per scenario task; 0: all cores shared among the workers")
+
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("expected a scheduler address such as tcp://127.0.0.1:8786")
+        return value
 
 
 class Settings(Section):
@@ -207,6 +223,7 @@ class Settings(Section):
     scenarios: ScenarioSettings = ScenarioSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     tracking: TrackingSettings = TrackingSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -42,13 +42,39 @@ def summary_over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={"rank1_count": "seeds"}).reset_index()
 
 
-def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    return plt
+
+
+def _save_figure(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.png")
+    figure.tight_layout()
+    figure.savefig(partial, dpi=120)
+    _pyplot().close(figure)
+    partial.replace(path)  # no half-written plot if the run dies while saving
+    return path
+
+
+def plot_cmc(cmc: list[float], title: str, path: str | Path) -> Path:
+    """A scenario's CMC curve on the target test split: rank-k accuracy for k = 1..max_rank."""
+    figure, axes = _pyplot().subplots(figsize=(5, 3.5))
+    axes.plot(range(1, len(cmc) + 1), [100 * value for value in cmc], marker=".")
+    axes.set_xlabel("rank k")
+    axes.set_ylabel("matching rate within k (%)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    return _save_figure(figure, path)
+
+
+def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path) -> Path:
+    figure, axes = _pyplot().subplots(figsize=(7, 4.5))
     for (scenario, adaptation), group in frame.groupby(["scenario", "adaptation"]):
         axes.scatter(group["gflops"], 100 * group["rank1"], marker=MARKERS.get(scenario, "."),
                      color=COLOURS.get(adaptation, "black"), s=60, label=f"{scenario} ({adaptation})")
@@ -62,14 +88,7 @@ def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path) -> Path:
     axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras (dashed: Pareto front)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)  # no half-written plot if the run dies while saving
-    return path
+    return _save_figure(figure, path)
 
 
 def save_results(rows: list[dict], out_dir: str | Path) -> dict[str, str]:

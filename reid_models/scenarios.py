@@ -44,6 +44,7 @@ from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import L1Norm, build_criterion
 from reid_models.pruning.graph import ChannelGraph
 from reid_models.pruning.prune import ChannelSelector, ProgressivePruner, gradient_batches, prune_model
+from reid_models.pruning.spec import architecture_spec
 from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
 from reid_models.train import EpochCallback, train_model
 
@@ -268,8 +269,8 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
                  on_round: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
     """Run one scenario (or return its saved result when nothing it depends on changed).
 
-    Writes `model.pt` (the final model, with its architecture spec) and `result.json` (one row)
-    in `out_dir`.
+    Writes in `out_dir`: `model.pt` (the final model, with its architecture spec), the spec again
+    as `architecture.json`, `cmc.json` (target CMC curve) and `result.json` (one row).
     """
     out_dir = Path(out_dir)
     model, start = _source_model(scenario, settings, source_checkpoint, small_dense_checkpoint)
@@ -303,7 +304,10 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
 
     final = run.model.cpu().eval()
     save_checkpoint(out_dir / "model.pt", model_payload(final, settings, [], scenario=asdict(scenario)))
-    row = {**asdict(scenario), **evaluate_scenario_model(final, settings),
+    save_json(out_dir / "architecture.json", architecture_spec(final))
+    metrics, cmc = evaluate_scenario_model(final, settings)
+    save_json(out_dir / "cmc.json", {"rank": list(range(1, len(cmc) + 1)), "target_cmc": cmc})
+    row = {**asdict(scenario), **metrics,
            "images_seen": sum(step["images"] for step in run.steps),
            "epochs": sum(step["epochs"] for step in run.steps),
            "steps": "+".join(step["name"] for step in run.steps) or "none",
@@ -315,17 +319,19 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     return row
 
 
-def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> dict:
+def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float]]:
     """Cost of the physical model and Market-1501 metrics: target test (the question) and
-    source test (what adapting forgot)."""
+    source test (what adapting forgot). Also returns the target's CMC curve."""
     device = resolve_device(settings.device)
     cost = measure(model, settings.data.height, settings.data.width)
-    row = {key: cost[key] for key in ("flops", "params", "latency_ms", "throughput_ips")}
+    row = {key: cost[key] for key in ("flops", "macs", "params", "size_bytes", "latency_ms", "throughput_ips")}
+    cmc: list[float] = []
     for domain, prefix in (("target", ""), ("source", "source_")):
         splits = load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
         metrics = evaluate_model(model, splits, settings.data, settings.evaluate, device)
         row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
-    return row
+        cmc = cmc or [float(value) for value in metrics["cmc"]]
+    return row, cmc
 
 
 def images_budget(settings: Settings) -> int:

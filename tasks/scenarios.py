@@ -1,19 +1,29 @@
 """Prefect tasks of the scenario grid: the thin dense model's pretraining, one task per
-scenario (a child MLflow run each), and the report."""
+scenario (a child MLflow run each), and the report.
+
+Caching: a task's key is its source code plus its inputs (the settings, the scenario, the paths
+it starts from; never the tracker or the parent run). A re-run with unchanged inputs takes the
+result from Prefect's store instead of running; the flow refreshes a task's cache when the
+files it wrote are gone (`outputs_present`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import torch
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from reid_models import report as results
 from reid_models import scenarios
 from reid_models.config import Settings
 from tasks.stages import transient
-from tasks.tracking import Tracker, tracked_run
+from tasks.tracking import Tracker, register_model, set_best_aliases, tracked_run
+
+CACHED = TASK_SOURCE + INPUTS - "tracker" - "parent_run_id"
 
 
 def scenarios_dir(settings: Settings) -> Path:
@@ -24,6 +34,10 @@ def report_dir(settings: Settings) -> Path:
     return Path(settings.outputs) / "report"
 
 
+def small_dense_dir(settings: Settings, flops_reduction: float) -> Path:
+    return scenarios_dir(settings) / f"small_dense_source_{flops_reduction:g}"
+
+
 def finished_rows(settings: Settings) -> list[dict]:
     """The saved results of the current grid (what the `report` stage reads)."""
     rows = []
@@ -31,24 +45,44 @@ def finished_rows(settings: Settings) -> list[dict]:
         path = scenarios_dir(settings) / scenario.key / "result.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the scenarios stage first (reid-prune stage scenarios)")
-        rows.append(json.loads(path.read_text()))
+        rows.append({**json.loads(path.read_text()), "key": scenario.key})
     return rows
 
 
-@task(name="pretrain-small-dense", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def limit_threads(settings: Settings) -> None:
+    """Scenario tasks running side by side share the cores instead of each taking all of them."""
+    chosen = settings.orchestration.torch_threads or max(1, (os.cpu_count() or 1) // settings.orchestration.workers)
+    torch.set_num_threads(chosen)
+
+
+@task(name="pretrain-small-dense", retries=1, retry_condition_fn=transient, cache_policy=CACHED)
 def pretrain_small_dense(settings: Settings, flops_reduction: float, tracker: Tracker | None = None) -> str:
     """The thinner dense network of `small_dense`, trained on source like the full one."""
+    limit_threads(settings)
     on_epoch = ((lambda record: tracker.metrics(record, f"small_dense_{flops_reduction:g}.pretrain.",
                                                 step=record["epoch"])) if tracker else None)
-    out_dir = scenarios_dir(settings) / f"small_dense_source_{flops_reduction:g}"
-    return scenarios.pretrain_small_dense(settings, flops_reduction, out_dir, on_epoch=on_epoch)
+    return scenarios.pretrain_small_dense(settings, flops_reduction, small_dense_dir(settings, flops_reduction),
+                                          on_epoch=on_epoch)
+
+
+def _log_scenario_artifacts(tracker: Tracker, out_dir: Path, title: str) -> None:
+    tracker.artifact(out_dir / "model.pt", "model")
+    tracker.artifact(out_dir / "architecture.json", "model")
+    for name in ("result.json", "steps.json", "cmc.json"):
+        tracker.artifact(out_dir / name)
+    cmc = json.loads((out_dir / "cmc.json").read_text())["target_cmc"]
+    tracker.artifact(results.plot_cmc(cmc, title, out_dir / "cmc.png"))
+    for rates in sorted(out_dir.glob("step*/*.json")):  # per-layer channels kept by each pruning step
+        tracker.artifact(rates, f"pruning/{rates.parent.name}")
 
 
 @task(name="scenario", task_run_name="{scenario.key}", retries=1, retry_condition_fn=transient,
-      cache_policy=NO_CACHE)
+      cache_policy=CACHED)
 def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkpoint: str,
                  small_dense_checkpoint: str | None, parent_run_id: str | None) -> dict:
-    """One scenario as a child MLflow run: settings, per-epoch curves, final metrics, the model."""
+    """One scenario as a child MLflow run: settings, per-epoch curves, final metrics, the model
+    (logged and registered in the Model Registry)."""
+    limit_threads(settings)
     out_dir = scenarios_dir(settings) / scenario.key
     with tracked_run(settings, scenario.key, parent_run_id=parent_run_id) as tracker:
         tracker.params({"scenario": scenario.name, "criterion": scenario.criterion,
@@ -62,16 +96,24 @@ def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkp
             on_epoch=lambda record: tracker.metrics(record, "train.", step=next(step)),
             on_round=lambda record: tracker.metrics(record, "cluster.", step=record["round"]))
         tracker.metrics(row)
-        for name in ("model.pt", "result.json", "steps.json"):
-            tracker.artifact(out_dir / name)
-    return row
+        _log_scenario_artifacts(tracker, out_dir, f"{scenario.key}: target CMC")
+        version = register_model(settings, tracker, "model", {"scenario": scenario.key,
+                                                              "gflops": f"{row['flops'] / 1e9:.3f}"})
+    return {**row, "key": scenario.key, "run_id": tracker.run_id, "model_version": version}
+
+
+def outputs_present(settings: Settings, scenario: scenarios.Scenario) -> bool:
+    return (scenarios_dir(settings) / scenario.key / "result.json").is_file()
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> dict:
-    """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json."""
+    """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json;
+    with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
     if tracker:
         for kind in ("csv", "summary", "plot"):
             tracker.artifact(paths[kind], "scenarios")
+        aliases = set_best_aliases(settings, rows)
+        tracker.params({"registry_aliases": aliases} if aliases else {})
     return paths

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from reid_models.checkpoint import CheckpointError, save_json
 from reid_models.config import SettingsError, Settings
@@ -18,6 +18,8 @@ from reid_models import stages
 from tasks.tracking import Tracker
 
 USER_ERRORS = (SettingsError, DataError, CheckpointError, ValueError)
+# Keyed on the task's code and inputs; the flow refreshes the cache when the outputs are gone.
+CACHED = TASK_SOURCE + INPUTS - "tracker"
 
 
 def transient(task_, task_run, state) -> bool:
@@ -31,7 +33,15 @@ def transient(task_, task_run, state) -> bool:
     return False
 
 
-@task(name="prepare-data", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def data_summary_path(settings: Settings) -> Path:
+    return Path(settings.outputs) / "data" / "summary.json"
+
+
+def source_checkpoint_path(settings: Settings) -> Path:
+    return Path(settings.outputs) / "pretrain" / "model.pt"
+
+
+@task(name="prepare-data", retries=1, retry_condition_fn=transient, cache_policy=CACHED)
 def prepare_data(settings: Settings, tracker: Tracker | None = None) -> dict:
     """Generate missing synthetic domains, then read and validate both domains."""
     summary = {}
@@ -42,16 +52,16 @@ def prepare_data(settings: Settings, tracker: Tracker | None = None) -> dict:
         summary[domain] = {"path": domain_settings.path, "train_images": len(splits.train),
                            "train_ids": splits.num_train_pids, "query": len(splits.query),
                            "gallery": len(splits.gallery), "cameras": splits.num_cameras}
-    report = save_json(Path(settings.outputs) / "data" / "summary.json", summary)
+    report = save_json(data_summary_path(settings), summary)
     if tracker:
         tracker.artifact(report, "data")
     return summary
 
 
-@task(name="pretrain", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+@task(name="pretrain", retries=1, retry_condition_fn=transient, cache_policy=CACHED)
 def pretrain(settings: Settings, tracker: Tracker | None = None) -> str:
     """Train on the source domain; resumes from the last epoch checkpoint after a crash."""
-    out_dir = Path(settings.outputs) / "pretrain"
+    out_dir = source_checkpoint_path(settings).parent
     if tracker:
         tracker.params({"data": settings.data.model_dump(mode="json"),
                         "pretrain": settings.pretrain.model_dump(mode="json"), "seed": settings.seed})

@@ -1,23 +1,31 @@
 """MLflow tracking. The only module that imports mlflow.
 
 Every call names its run id explicitly (through `MlflowClient`) instead of relying on MLflow's
-"active run", so tasks running in threads or worker processes log to the right run.
+"active run", so tasks running in threads or worker processes log to the right run. Scenarios
+that run at once share one SQLite file, so writes that meet a lock are retried.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from reid_models.config import Settings, tracking_uri
+from reid_models.config import DomainSettings, Settings, tracking_uri
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -40,6 +48,35 @@ def git_commit() -> str:
         return "unknown"
 
 
+def data_version(pointer: Path = Path("data.dvc")) -> str:
+    """The md5 that data.dvc records for the raw data folder ('untracked' without one)."""
+    try:
+        return str(yaml.safe_load(pointer.read_text())["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "untracked"
+
+
+def _domain_name(domain: DomainSettings) -> str:
+    return f"{domain.kind}:{Path(domain.path).name}"
+
+
+def experiment_name(settings: Settings) -> str:
+    """One experiment per dataset pair, so runs on different cameras are never compared by mistake."""
+    return f"{settings.tracking.experiment} {_domain_name(settings.data.source)}->{_domain_name(settings.data.target)}"
+
+
+def retrying(call: Callable[[], T], attempts: int = 30) -> T:
+    """Run an MLflow call; when another writer holds the SQLite lock, wait and try again."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class Tracker:
     """Logs to one MLflow run."""
 
@@ -47,48 +84,119 @@ class Tracker:
         self.client, self.run_id = client, run_id
 
     def params(self, values: dict) -> None:
-        for key, value in flatten(values).items():
-            self.client.log_param(self.run_id, key, value)
+        from mlflow.entities import Param
+
+        batch = [Param(key, value) for key, value in flatten(values).items()]
+        for start in range(0, len(batch), 100):  # MLflow's batch limit
+            retrying(lambda chunk=batch[start:start + 100]: self.client.log_batch(self.run_id, params=chunk))
 
     def metrics(self, values: dict, prefix: str = "", step: int | None = None) -> None:
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.client.log_metric(self.run_id, f"{prefix}{key}", float(value), step=step)
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        batch = [Metric(f"{prefix}{key}", float(value), stamp, step or 0) for key, value in values.items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if batch:
+            retrying(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        retrying(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def tags(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            retrying(lambda key=key, value=value: self.client.set_tag(self.run_id, key, value))
 
 
 def client_for(settings: Settings) -> tuple[MlflowClient, str]:
-    """Client on the absolute tracking URI and the experiment's id (created if new)."""
-    uri = tracking_uri(settings.tracking)
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    """Client on the absolute tracking URI and the dataset pair's experiment id (created if new)."""
+    client = MlflowClient(tracking_uri=tracking_uri(settings.tracking))
+    name = experiment_name(settings)
+    experiment = retrying(lambda: client.get_experiment_by_name(name))
     if experiment is not None:
         return client, experiment.experiment_id
     artifact_root = Path(settings.tracking.artifact_root).resolve().as_uri()
-    return client, client.create_experiment(settings.tracking.experiment, artifact_location=artifact_root)
+    try:
+        return client, retrying(lambda: client.create_experiment(name, artifact_location=artifact_root))
+    except MlflowException:  # another worker created it first
+        return client, client.get_experiment_by_name(name).experiment_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_runs(settings: Settings) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this host that no longer exists (a
+    killed pipeline), so no run stays RUNNING forever. Returns their ids."""
+    client, experiment_id = client_for(settings)
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    orphans = [run.info.run_id for run in running
+               if run.data.tags.get("host") == host and not _pid_alive(int(run.data.tags.get("pid", "0")))]
+    for run_id in orphans:
+        retrying(lambda run_id=run_id: client.set_terminated(run_id, status="FAILED"))
+        retrying(lambda run_id=run_id: client.set_tag(run_id, "failure", "process killed; closed by the next run"))
+    if orphans:
+        log.warning("marked %d MLflow run(s) of killed processes as FAILED", len(orphans))
+    return orphans
 
 
 @contextmanager
 def tracked_run(settings: Settings, name: str, parent_run_id: str | None = None) -> Iterator[Tracker]:
     """An MLflow run that ends FINISHED, or FAILED if the body raises."""
     client, experiment_id = client_for(settings)
-    tags = {"profile": settings.profile, "git_commit": git_commit()}
+    tags = {"profile": settings.profile, "git_commit": git_commit(), "data_dvc_md5": data_version(),
+            "host": socket.gethostname(), "pid": str(os.getpid())}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    run = retrying(lambda: client.create_run(experiment_id, run_name=name, tags=tags))
     tracker = Tracker(client, run.info.run_id)
     try:
         yield tracker
     except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        retrying(lambda: client.set_terminated(run.info.run_id, status="FAILED"))
         raise
-    client.set_terminated(run.info.run_id, status="FINISHED")
+    retrying(lambda: client.set_terminated(run.info.run_id, status="FINISHED"))
+
+
+def register_model(settings: Settings, tracker: Tracker, artifact_folder: str, tags: dict[str, str]) -> str:
+    """A new Model Registry version for the model this run logged under `artifact_folder`."""
+    client, name = tracker.client, settings.tracking.registered_model
+    try:
+        retrying(lambda: client.create_registered_model(name))
+    except MlflowException as error:
+        if "already exists" not in str(error).lower() and "RESOURCE_ALREADY_EXISTS" not in str(error):
+            raise
+    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{artifact_folder}"
+    return retrying(lambda: client.create_model_version(name, source, run_id=tracker.run_id, tags=tags)).version
+
+
+def set_best_aliases(settings: Settings, rows: list[dict]) -> dict[str, str]:
+    """Point an alias at the best target rank-1 of every (FLOPs budget, adaptation), e.g.
+    `best-flops50-supervised`. Rows without a registered version are skipped. Returns alias -> key."""
+    client = MlflowClient(tracking_uri=tracking_uri(settings.tracking))
+    best: dict[str, dict] = {}
+    for row in rows:
+        if not row.get("model_version") or row["adaptation"] == "none":
+            continue
+        alias = f"best-flops{round(100 * row['flops_reduction'])}-{row['adaptation']}"
+        if alias not in best or row["rank1"] > best[alias]["rank1"]:
+            best[alias] = row
+    for alias, row in best.items():
+        retrying(lambda alias=alias, row=row: client.set_registered_model_alias(
+            settings.tracking.registered_model, alias, row["model_version"]))
+    return {alias: row["key"] for alias, row in best.items()}
 
 
 def ui_command(settings: Settings) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri(settings.tracking)} --host 127.0.0.1 --port 5000"
 
 
-__all__ = ["Tracker", "tracked_run", "ui_command", "flatten", "mlflow"]
+__all__ = ["Tracker", "tracked_run", "ui_command", "flatten", "mlflow", "close_orphaned_runs", "register_model",
+           "set_best_aliases", "experiment_name"]

@@ -59,7 +59,7 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
         f"{r['name']}-{r['criterion']}-{r['flops_reduction']:g}-{r['adaptation']}-seed0" for r in rows.values()}
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("reid-prune")
+    experiment = client.get_experiment_by_name("reid-prune synthetic:source->synthetic:target")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -69,6 +69,19 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
                  and c.data.params["adaptation"] == "supervised")
     assert child.data.metrics["rank1"] == pytest.approx(rows[("prune_during", "supervised")]["rank1"])
     assert len(client.get_metric_history(child.info.run_id, "train.loss")) == 2  # one point per epoch
+    assert {"git_commit", "data_dvc_md5", "profile"} <= set(child.data.tags)
+    logged = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"model", "cmc.png", "result.json", "pruning"} <= logged
+    assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {"model/model.pt",
+                                                                                  "model/architecture.json"}
+
+    # Every final model is a registry version; each budget's alias names its best rank-1.
+    versions = client.search_model_versions("name = 'reid-prune'")
+    assert len(versions) == len(rows)
+    for adaptation in ("supervised", "unsupervised"):
+        best = client.get_model_version_by_alias("reid-prune", f"best-flops50-{adaptation}")
+        pruned = [r for (name, a), r in rows.items() if a == adaptation and r["flops_reduction"] == 0.5]
+        assert best.tags["scenario"] == max(pruned, key=lambda r: r["rank1"])["key"]
 
 
 def test_bad_settings_fail_before_any_work(tmp_path):
