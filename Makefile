@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup run test clean
+.PHONY: setup run test serve stop clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Prefect server, MLflow server and the prune-adapt deployments, all on 127.0.0.1; `make stop` ends them.
+serve: setup
+	$(BIN)/reid-prune serve
+
+stop:
+	$(BIN)/reid-prune stop
 
 clean:
 	rm -rf outputs mlruns.db .prefect

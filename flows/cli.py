@@ -130,6 +130,38 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios 
 
 
 @app.command()
+def serve(prefect_port: int = 4200, mlflow_port: int = 5000,
+          state_dir: Annotated[Path, typer.Option(help="PIDs and logs of the servers")] = Path(".serve"),
+          profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
+    """Start a Prefect server, an MLflow server and the prune-adapt deployments, on 127.0.0.1."""
+    from flows.services import Ports, ServiceError, start_services
+    from reid_models.config import load_settings
+
+    try:
+        settings = load_settings(params, profile, set_ or [])
+        state = start_services(settings, Path.cwd(), state_dir.resolve(), Ports(prefect_port, mlflow_port))
+    except (*_user_errors(), ServiceError) as error:
+        _fail(error)
+    urls = state["urls"]
+    console.print(f"Prefect UI {urls['prefect_ui']}   MLflow UI {urls['mlflow_ui']}   "
+                  f"PIDs and logs in {state_dir}/ (stop with `make stop`)")
+    console.print(f"run: PREFECT_API_URL={urls['prefect_api']} .venv/bin/prefect deployment run "
+                  "prune-adapt/default --watch")
+
+
+@app.command()
+def stop(state_dir: Annotated[Path, typer.Option(help="where `serve` recorded the PIDs")] = Path(".serve")) -> None:
+    """Stop what `serve` started: the deployments' process first, then the MLflow and Prefect servers."""
+    from flows.services import ServiceError, stop_services
+
+    try:
+        stopped = stop_services(state_dir.resolve())
+    except ServiceError as error:
+        _fail(error)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
 def synth(domain: Annotated[str, typer.Option(help="source | target")],
           out: Annotated[Path, typer.Option(help="folder to write (Market-1501 layout + manifest.csv)")],
           seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,

@@ -1,0 +1,168 @@
+"""Local servers for the deployment path: a Prefect server, an MLflow server, and the process
+that serves the `prune-adapt` deployments. All bind 127.0.0.1.
+
+`start_services` launches each in its own process group, records the PIDs in
+`<state_dir>/services.json`, and waits until each answers its health check (the Prefect API,
+MLflow's /health, and the deployment being registered). `stop_services` stops them in reverse
+order: the serve process before the servers it talks to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from reid_models.config import Settings, tracking_uri
+
+STATE_FILE = "services.json"
+
+
+class ServiceError(RuntimeError):
+    """A server did not come up (its log file is named) or the state file is unusable."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    prefect: int = 4200
+    mlflow: int = 5000
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.prefect}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _launch(name: str, command: list[str], env: dict, state_dir: Path, root: Path) -> subprocess.Popen:
+    log = open(state_dir / f"{name}.log", "wb")
+    return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # own process group: stop takes its children too
+
+
+def _wait_healthy(name: str, process: subprocess.Popen, url: str, state_dir: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"{name} exited with code {process.returncode}; see {state_dir / f'{name}.log'}")
+        if _answers(url):
+            return
+        time.sleep(0.5)
+    raise ServiceError(f"{name} did not answer {url} within {timeout:.0f} s; see {state_dir / f'{name}.log'}")
+
+
+def read_state(state_dir: Path) -> dict:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ServiceError(f"{path} is not valid JSON ({error}); stop the processes by hand and delete it") from None
+
+
+def _write_state(state_dir: Path, state: dict) -> None:
+    partial = state_dir / (STATE_FILE + ".partial")
+    partial.write_text(json.dumps(state, indent=2) + "\n")
+    partial.replace(state_dir / STATE_FILE)
+
+
+def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports = Ports(),
+                   timeout: float = 120.0) -> dict:
+    """Start the three processes (or fail naming the log to read); returns the state written."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    running = {name: info for name, info in read_state(state_dir).items() if _alive(info["pid"])}
+    if running:
+        raise ServiceError(f"already running: {', '.join(running)} (see {state_dir / STATE_FILE}); `make stop` first")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
+           "DVC_NO_ANALYTICS": "1", "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / ".prefect"))}
+    artifacts = Path(settings.tracking.artifact_root)
+    artifacts = artifacts if artifacts.is_absolute() else root / artifacts
+    artifacts.mkdir(parents=True, exist_ok=True)
+    commands = {
+        "prefect-server": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                            "--port", str(ports.prefect)], f"{ports.prefect_api}/health", env),
+        "mlflow-server": ([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
+                           tracking_uri(settings.tracking, root), "--default-artifact-root", artifacts.as_uri(),
+                           "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"],
+                          f"{ports.mlflow_url}/health", env),
+        "deployments": ([sys.executable, "-m", "flows.serve"],
+                        f"{ports.prefect_api}/deployments/name/prune-adapt/default",
+                        {**env, "PREFECT_API_URL": ports.prefect_api}),
+    }
+    state: dict = {}
+    try:
+        for name, (command, health, process_env) in commands.items():
+            process = _launch(name, command, process_env, state_dir, root)
+            state[name] = {"pid": process.pid, "health": health, "log": str(state_dir / f"{name}.log")}
+            _write_state(state_dir, state)
+            _wait_healthy(name, process, health, state_dir, timeout)
+    except ServiceError:
+        stop_services(state_dir)  # leave nothing half-started behind
+        raise
+    state["urls"] = {"prefect_api": ports.prefect_api, "prefect_ui": f"http://127.0.0.1:{ports.prefect}",
+                     "mlflow_ui": ports.mlflow_url}
+    _write_state(state_dir, state)
+    return state
+
+
+def _stop_group(pid: int, grace: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_services(state_dir: Path, grace: float = 20.0) -> list[str]:
+    """Stop what start_services recorded, serve process first; returns the names stopped."""
+    state = read_state(state_dir)
+    stopped = []
+    for name in ("deployments", "mlflow-server", "prefect-server"):
+        if name in state:
+            _stop_group(state[name]["pid"], grace)
+            stopped.append(name)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,83 @@
+"""The deployment path end to end, as README shows it: `reid-prune serve` (Prefect server, MLflow
+server, deployments), `prefect deployment run prune-adapt/quick --watch`, then `reid-prune stop`."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import PARAMS, ROOT, quick_overrides
+from tests.test_flow import TINY
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_run_the_deployment_and_stop(tiny_domains, tmp_path):
+    prefect_port, mlflow_port = free_port(), free_port()
+    state_dir = tmp_path / "serve"
+    overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "scenarios.names=[source_only,prune_during]",
+                                "scenarios.adaptation=[supervised]")
+    tracking = [o for o in overrides if o.startswith("tracking.")]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    cli = [sys.executable, "-m", "flows.cli"]
+    started = subprocess.run([*cli, "serve", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port),
+                              "--state-dir", str(state_dir), "--params", str(PARAMS),
+                              *(arg for o in tracking for arg in ("-S", o))],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    state = json.loads((state_dir / "services.json").read_text()) if (state_dir / "services.json").is_file() else {}
+    pids = [info["pid"] for name, info in state.items() if name != "urls"]
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        assert len(pids) == 3
+        api = f"http://127.0.0.1:{prefect_port}/api"
+        assert get_json(f"{api}/health") is True
+
+        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick", "--params",
+                              json.dumps({"overrides": overrides, "params": str(PARAMS)}), "--watch"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                             env={**env, "PREFECT_API_URL": api})
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+        assert get_json(f"{api}/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+
+        mlflow = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow"
+        experiment = get_json(f"{mlflow}/experiments/search", {"max_results": 10})["experiments"]
+        (ours,) = [e for e in experiment if e["name"].startswith("reid-prune ")]
+        runs = get_json(f"{mlflow}/runs/search", {"experiment_ids": [ours["experiment_id"]]})["runs"]
+        (parent,) = [r for r in runs if r["info"]["run_name"] == "prune-adapt-quick"]
+        children = [r for r in runs if {"key": "mlflow.parentRunId", "value": parent["info"]["run_id"]}
+                    in r["data"]["tags"]]
+        assert parent["info"]["status"] == "FINISHED"
+        assert sorted(c["info"]["run_name"].split("-")[0] for c in children) == ["prune_during", "source_only"]
+        assert all(c["info"]["status"] == "FINISHED" for c in children)
+    finally:
+        stopped = subprocess.run([*cli, "stop", "--state-dir", str(state_dir)], capture_output=True, text=True,
+                                 cwd=ROOT, timeout=120, env=env)
+    assert stopped.returncode == 0 and "prefect-server" in stopped.stdout
+    assert not any(group_alive(pid) for pid in pids)
+    assert not (state_dir / "services.json").exists()
