@@ -243,7 +243,7 @@ class ScenarioRun:
                     seed=self.scenario.seed, on_round=self.on_round, true_pids=target.labels.numpy(),
                     backbone_lr_scale=settings.adapt.backbone_lr_scale, on_labels=on_labels,
                     epoch_hook=pruner.after_epoch if pruner else None, checkpoint_dir=step_dir,
-                    progress=self.progress)
+                    on_epoch=self.on_epoch, progress=self.progress)
             if pruner is not None:
                 save_json(step_dir / "channels.json", pruner.finish())
             return history
