@@ -20,7 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from reid_models.config import Settings, tracking_uri
+from reid_models.config import Settings, artifact_location, tracking_uri
+from tasks.tracking import pid_alive
 
 STATE_FILE = "services.json"
 
@@ -49,20 +50,6 @@ def _answers(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _launch(name: str, command: list[str], env: dict, state_dir: Path, root: Path) -> subprocess.Popen:
@@ -102,20 +89,20 @@ def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports
                    timeout: float = 120.0) -> dict:
     """Start the three processes (or fail naming the log to read); returns the state written."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    running = {name: info for name, info in read_state(state_dir).items() if _alive(info["pid"])}
+    running = [name for name, info in read_state(state_dir).items() if "pid" in info and pid_alive(info["pid"])]
     if running:
         raise ServiceError(f"already running: {', '.join(running)} (see {state_dir / STATE_FILE}); `make stop` first")
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
            "DVC_NO_ANALYTICS": "1", "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / ".prefect"))}
-    artifacts = Path(settings.tracking.artifact_root)
-    artifacts = artifacts if artifacts.is_absolute() else root / artifacts
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts = artifact_location(settings.tracking, root)
+    if artifacts.startswith("file://"):
+        Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     commands = {
         "prefect-server": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
                             "--port", str(ports.prefect)], f"{ports.prefect_api}/health", env),
         "mlflow-server": ([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
-                           tracking_uri(settings.tracking, root), "--default-artifact-root", artifacts.as_uri(),
+                           tracking_uri(settings.tracking, root), "--default-artifact-root", artifacts,
                            "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"],
                           f"{ports.mlflow_url}/health", env),
         "deployments": ([sys.executable, "-m", "flows.serve"],

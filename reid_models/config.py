@@ -311,6 +311,14 @@ def load_settings(
     return build_settings(tree, origin)
 
 
+def artifact_location(settings: TrackingSettings, root: Path | None = None) -> str:
+    """MLflow artifact root as a URI: s3://, gs:// ... as given; a local folder made absolute."""
+    if "://" in settings.artifact_root:
+        return settings.artifact_root
+    folder = Path(settings.artifact_root)
+    return (folder if folder.is_absolute() else (root or project_root()) / folder).resolve().as_uri()
+
+
 def project_root() -> Path:
     return Path.cwd()
 

@@ -22,7 +22,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from reid_models.config import DomainSettings, Settings, tracking_uri
+from reid_models.config import DomainSettings, Settings, artifact_location, tracking_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,21 +114,25 @@ def client_for(settings: Settings) -> tuple[MlflowClient, str]:
     experiment = retrying(lambda: client.get_experiment_by_name(name))
     if experiment is not None:
         return client, experiment.experiment_id
-    artifact_root = Path(settings.tracking.artifact_root).resolve().as_uri()
+    artifact_root = artifact_location(settings.tracking)
     try:
         return client, retrying(lambda: client.create_experiment(name, artifact_location=artifact_root))
     except MlflowException:  # another worker created it first
         return client, client.get_experiment_by_name(name).experiment_id
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a zombie, exited but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
 
 
 def close_orphaned_runs(settings: Settings) -> list[str]:
@@ -138,7 +142,7 @@ def close_orphaned_runs(settings: Settings) -> list[str]:
     host = socket.gethostname()
     running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
     orphans = [run.info.run_id for run in running
-               if run.data.tags.get("host") == host and not _pid_alive(int(run.data.tags.get("pid", "0")))]
+               if run.data.tags.get("host") == host and not pid_alive(int(run.data.tags.get("pid", "0")))]
     for run_id in orphans:
         retrying(lambda run_id=run_id: client.set_terminated(run_id, status="FAILED"))
         retrying(lambda run_id=run_id: client.set_tag(run_id, "failure", "process killed; closed by the next run"))
