@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reid_models.config import Settings, artifact_location, tracking_uri
+from flows.serve import DEPLOYMENTS
 from tasks.tracking import pid_alive
 
 STATE_FILE = "services.json"
@@ -58,15 +59,17 @@ def _launch(name: str, command: list[str], env: dict, state_dir: Path, root: Pat
                             start_new_session=True)  # own process group: stop takes its children too
 
 
-def _wait_healthy(name: str, process: subprocess.Popen, url: str, state_dir: Path, timeout: float) -> None:
+def _wait_healthy(name: str, process: subprocess.Popen, urls: list[str], state_dir: Path, timeout: float) -> None:
+    """Every URL must answer 200 (the serve process registers its deployments one by one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServiceError(f"{name} exited with code {process.returncode}; see {state_dir / f'{name}.log'}")
-        if _answers(url):
+        if all(_answers(url) for url in urls):
             return
         time.sleep(0.5)
-    raise ServiceError(f"{name} did not answer {url} within {timeout:.0f} s; see {state_dir / f'{name}.log'}")
+    raise ServiceError(f"{name} did not answer {', '.join(urls)} within {timeout:.0f} s; "
+                       f"see {state_dir / f'{name}.log'}")
 
 
 def read_state(state_dir: Path) -> dict:
@@ -100,13 +103,13 @@ def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports
         Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     commands = {
         "prefect-server": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                            "--port", str(ports.prefect)], f"{ports.prefect_api}/health", env),
+                            "--port", str(ports.prefect)], [f"{ports.prefect_api}/health"], env),
         "mlflow-server": ([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
                            tracking_uri(settings.tracking, root), "--default-artifact-root", artifacts,
                            "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"],
-                          f"{ports.mlflow_url}/health", env),
+                          [f"{ports.mlflow_url}/health"], env),
         "deployments": ([sys.executable, "-m", "flows.serve"],
-                        f"{ports.prefect_api}/deployments/name/prune-adapt/default",
+                        [f"{ports.prefect_api}/deployments/name/prune-adapt/{name}" for name in DEPLOYMENTS],
                         {**env, "PREFECT_API_URL": ports.prefect_api}),
     }
     state: dict = {}
