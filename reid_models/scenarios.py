@@ -330,7 +330,8 @@ def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, l
         splits = load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
         metrics = evaluate_model(model, splits, settings.data, settings.evaluate, device)
         row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
-        cmc = cmc or [float(value) for value in metrics["cmc"]]
+        if domain == "target":
+            cmc = [float(value) for value in metrics["cmc"]]
     return row, cmc
 
 

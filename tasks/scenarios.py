@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from reid_models import report as results
 from reid_models import scenarios
 from reid_models.config import Settings
-from tasks.stages import transient
+from tasks.stages import CACHED, transient
 from tasks.tracking import Tracker, register_model, set_best_aliases, tracked_run
 
-CACHED = TASK_SOURCE + INPUTS - "tracker" - "parent_run_id"
+SCENARIO_CACHE = CACHED - "parent_run_id"  # a re-run's new parent run must not miss the cache
 
 
 def scenarios_dir(settings: Settings) -> Path:
@@ -55,7 +55,7 @@ def limit_threads(settings: Settings) -> None:
     torch.set_num_threads(chosen)
 
 
-@task(name="pretrain-small-dense", retries=1, retry_condition_fn=transient, cache_policy=CACHED)
+@task(name="pretrain-small-dense", retries=1, retry_condition_fn=transient, cache_policy=SCENARIO_CACHE)
 def pretrain_small_dense(settings: Settings, flops_reduction: float, tracker: Tracker | None = None) -> str:
     """The thinner dense network of `small_dense`, trained on source like the full one."""
     limit_threads(settings)
@@ -77,7 +77,7 @@ def _log_scenario_artifacts(tracker: Tracker, out_dir: Path, title: str) -> None
 
 
 @task(name="scenario", task_run_name="{scenario.key}", retries=1, retry_condition_fn=transient,
-      cache_policy=CACHED)
+      cache_policy=SCENARIO_CACHE)
 def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkpoint: str,
                  small_dense_checkpoint: str | None, parent_run_id: str | None) -> dict:
     """One scenario as a child MLflow run: settings, per-epoch curves, final metrics, the model

@@ -102,10 +102,6 @@ class Tracker:
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         retrying(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
-    def tags(self, values: dict[str, str]) -> None:
-        for key, value in values.items():
-            retrying(lambda key=key, value=value: self.client.set_tag(self.run_id, key, value))
-
 
 def client_for(settings: Settings) -> tuple[MlflowClient, str]:
     """Client on the absolute tracking URI and the dataset pair's experiment id (created if new)."""
