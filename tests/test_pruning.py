@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,11 +158,19 @@ def test_progressive_pruning_stage_on_tiny_data(tiny_domains, tmp_path):
     from reid_models.config import load_settings
     from tests.conftest import PARAMS, quick_overrides
 
-    settings = load_settings(PARAMS, "quick", quick_overrides(
-        tmp_path, tiny_domains, "pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.ids_per_batch=2",
-        "prune.finetune.ids_per_batch=2", "prune.finetune.epochs=2", "prune.flops_reduction=0.5",
-        "data.height=64", "data.width=32"))
+    tiny = ("pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.ids_per_batch=2",
+            "prune.finetune.ids_per_batch=2", "prune.finetune.epochs=2", "prune.flops_reduction=0.5",
+            "data.height=64", "data.width=32")
+    settings = load_settings(PARAMS, "quick", quick_overrides(tmp_path, tiny_domains, *tiny))
     pretrained = stages.pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+
+    # A finished source model is reused byte for byte, even under settings it does not depend on:
+    # scenarios fingerprint its bytes, so a rewrite would re-run every one of them.
+    saved = Path(pretrained).read_bytes()
+    other = load_settings(PARAMS, "quick", quick_overrides(tmp_path, tiny_domains, *tiny, "orchestration.workers=2"))
+    assert stages.pretrain(other, tmp_path / "pretrain")["checkpoint"] == pretrained
+    assert Path(pretrained).read_bytes() == saved
+
     result = stages.prune(settings, pretrained, tmp_path / "prune")
     report = result["report"]
     assert report["mode"] == "progressive" and len(report["history"]) == 2
