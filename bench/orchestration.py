@@ -38,6 +38,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from bench.scenarios import run_seed  # noqa: E402
 from reid_models import stages  # noqa: E402
+from reid_models.checkpoint import save_json  # noqa: E402
 from reid_models.config import Settings, load_settings  # noqa: E402
 from reid_models.report import save_results  # noqa: E402
 from reid_models.scenarios import expand_grid  # noqa: E402
@@ -142,8 +143,7 @@ def main() -> None:
     }
     print(json.dumps(figures, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        save_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -69,14 +69,12 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
         model.reset_classifier(num_ids)
     began = time.perf_counter()
     last, checkpoint = out_dir / "last.pt", out_dir / "model.pt"
-    before = last.stat().st_mtime_ns if last.is_file() else None
     history = train_model(model, images, train_settings, device, seed=settings.seed,
                           checkpoint_path=last, on_epoch=on_epoch)
     model.cpu()
-    trained = not last.is_file() or last.stat().st_mtime_ns != before
-    # A finished model stays byte for byte: scenarios fingerprint it, and a rewrite carrying
-    # other (irrelevant) settings would make them all run again.
-    if trained or not checkpoint.is_file() or checkpoint.stat().st_mtime_ns < last.stat().st_mtime_ns:
+    # A model.pt newer than the last epoch's state is this training's result: keep it byte for byte.
+    # Scenarios fingerprint it, and a rewrite carrying other (irrelevant) settings would re-run them all.
+    if not checkpoint.is_file() or not last.is_file() or checkpoint.stat().st_mtime_ns < last.stat().st_mtime_ns:
         save_checkpoint(checkpoint, model_payload(model, settings, history, domain="source"))
     return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
             "train_images": len(images), "train_ids": num_ids}
