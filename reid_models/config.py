@@ -143,7 +143,8 @@ class AdaptSettings(Section):
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr x this; the new head gets lr")
     epochs_per_round: int = Field(2, ge=1, description="unsupervised: epochs on each round's pseudo-labels")
     cluster: ClusterSettingsModel = ClusterSettingsModel()
-    train: FinetuneSettings = FinetuneSettings()
+    # The new head learns at this lr, the backbone at backbone_lr_scale of it (params.yaml says why).
+    train: FinetuneSettings = FinetuneSettings(lr=0.0035)
 
 
 ScenarioName = Literal["source_only", "adapt_only", "prune_before", "prune_during", "prune_after", "small_dense"]

@@ -67,9 +67,11 @@ class ReIDNet(nn.Module):
         return ReIDOutput(features=pooled, logits=self.classifier(embedding))
 
     def reset_classifier(self, num_classes: int) -> None:
-        """A new identity head, e.g. for fine-tuning on another domain's identities."""
-        self.classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        """A new identity head, e.g. for fine-tuning on another domain's identities. It goes on the
+        model's device (initialised on the CPU first, so CPU and CUDA runs start from the same head)."""
+        classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
+        nn.init.normal_(classifier.weight, std=0.001)
+        self.classifier = classifier.to(next(self.parameters()).device)
 
 
 def resolve_device(choice: str) -> torch.device:

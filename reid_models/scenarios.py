@@ -127,7 +127,8 @@ def pretrain_small_dense(settings: Settings, flops_reduction: float, out_dir: st
 
 # Bumped when a scenario's steps change in code, so results saved under the old recipe are redone.
 # Absent means revision 1, which keeps the saved results of unchanged scenarios valid.
-RECIPE_REVISION = {"prune_during": 2, "prune_after": 2}  # 2: pruning steps train the backbone at full lr
+RECIPE_REVISION = {"prune_during": 3, "prune_after": 3}  # 2: pruning steps at full backbone lr;
+                                                        # 3: the adaptation lr recipe, like every step
 
 
 def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | Path) -> str:
@@ -217,6 +218,7 @@ class ScenarioRun:
 
         def run(step_dir: Path) -> list[dict]:
             model, target = self.model, self.images("target")
+            model.to(self.device)  # gradient batches (taylor, one-shot) are on the device before training starts
             prune_settings = self.prune_settings(epochs)
             criterion = build_criterion(self.scenario.criterion, prune_settings.plfp_k, self.scenario.seed) \
                 if prune else None
@@ -234,9 +236,9 @@ class ScenarioRun:
 
             if prune and progressive:
                 pruner = ProgressivePruner(None, prune_settings.decay, epochs)
-            # A backbone losing half its FLOPs must re-learn, not just adapt: pruning steps train it
-            # at the full lr, as prune_before's source step does (at 0.1x, prune_during fell to 14.5 rank-1).
-            backbone_lr_scale = 1.0 if prune else settings.adapt.backbone_lr_scale
+            # Every target step, pruning or not, uses one lr recipe (a fresh head at adapt.train.lr, the
+            # backbone at backbone_lr_scale of it), so scenarios differ in where they prune, not in lr.
+            backbone_lr_scale = settings.adapt.backbone_lr_scale
             if adaptation == "supervised":
                 on_labels(target)
                 if prune and not progressive:

@@ -94,6 +94,20 @@ def test_model_returns_embedding_in_eval_and_logits_in_train():
     assert embedding.shape == (4, 512)
 
 
+
+def test_a_new_identity_head_lands_on_the_models_device():
+    # Unsupervised rounds reset the head after feature extraction moved the model to the GPU;
+    # a head left on the CPU breaks the channel graph's trace. "meta" stands in for CUDA here.
+    torch.manual_seed(0)
+    model = ReIDNet("resnet18", num_classes=5).to("meta")
+    model.reset_classifier(7)
+    assert model.classifier.weight.device.type == "meta" and model.classifier.out_features == 7
+    cpu_model, again = ReIDNet("resnet18", num_classes=5), ReIDNet("resnet18", num_classes=5)
+    for reset in (cpu_model, again):
+        torch.manual_seed(1)
+        reset.reset_classifier(7)
+    assert torch.equal(cpu_model.classifier.weight, again.classifier.weight)  # seeded: same head on any device
+
 def test_a_checkpoint_of_another_architecture_is_not_resumed(tiny_domains, tmp_path):
     """Same recipe and data but a different (e.g. pruned) network: train from scratch, don't crash."""
     images = tiny_train_set(tiny_domains)
