@@ -1,10 +1,14 @@
 """Prefect flows and the `reid-prune` CLI.
 
 Telemetry is switched off before Prefect, MLflow or DVC are imported; Prefect's home (its
-SQLite database) lives in the project unless the user chose another.
+SQLite database) lives in the project unless the user chose another. When `make serve`'s
+Prefect server is up, flows started here report to it (and show in its UI) instead of starting
+a temporary server of their own on the same database.
 """
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 for _name, _value in {
@@ -16,3 +20,20 @@ for _name, _value in {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_name, _value)
+
+
+def running_prefect_api(state_file: Path) -> str | None:
+    """The API URL recorded by `make serve`, if that server answers its health check now."""
+    try:
+        url = json.loads(state_file.read_text())["urls"]["prefect_api"]
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return url if response.status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):  # no file, bad JSON, server down
+        return None
+
+
+SERVED_PREFECT_API = None
+if "PREFECT_API_URL" not in os.environ:
+    SERVED_PREFECT_API = running_prefect_api(Path.cwd() / ".serve" / "services.json")
+    if SERVED_PREFECT_API:
+        os.environ["PREFECT_API_URL"] = SERVED_PREFECT_API

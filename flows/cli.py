@@ -84,6 +84,8 @@ def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOpt
         settings = settings_for(profile, set_, params)  # fail fast, before Prefect starts
     except (*_user_errors(), ValueError) as error:
         _fail(error)
+    if flows.SERVED_PREFECT_API:
+        console.print(f"Prefect: reporting to the running `make serve` server ({flows.SERVED_PREFECT_API})")
     from flows.prune_adapt import prune_adapt
 
     try:

@@ -81,3 +81,34 @@ def test_serve_run_the_deployment_and_stop(tiny_domains, tmp_path):
     assert stopped.returncode == 0 and "prefect-server" in stopped.stdout
     assert not any(group_alive(pid) for pid in pids)
     assert not (state_dir / "services.json").exists()
+
+
+def test_flows_report_to_the_served_prefect_server_only_while_it_answers(tmp_path):
+    """`reid-prune run` next to a running `make serve` must use that server, not start a second
+    one on the same SQLite database; a stale or broken state file must not redirect it."""
+    import http.server
+    import threading
+
+    from flows import running_prefect_api
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}/api"
+    state = tmp_path / "services.json"
+    state.write_text(json.dumps({"urls": {"prefect_api": api}}))
+    assert running_prefect_api(state) == api
+
+    server.shutdown()
+    server.server_close()
+    assert running_prefect_api(state) is None  # recorded, but no longer answering
+    state.write_text("{not json")
+    assert running_prefect_api(state) is None
+    assert running_prefect_api(tmp_path / "missing.json") is None
