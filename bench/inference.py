@@ -29,12 +29,12 @@ from reid_models.pruning.prune import prune_model
 
 def runtimes(model: torch.nn.Module, height: int, width: int) -> dict[str, tuple[torch.nn.Module, bool]]:
     """name -> (module, channels_last)."""
-    folded = fold_batchnorm(model)
+    folded = fold_batchnorm(model, height, width)
     example = torch.randn(1, 3, height, width)
     with torch.no_grad():
-        scripted = torch.jit.freeze(torch.jit.trace(fold_batchnorm(model), example))
+        scripted = torch.jit.freeze(torch.jit.trace(fold_batchnorm(model, height, width), example))
     return {"eager": (model, False), "bn_folded": (folded, False),
-            "bn_folded_channels_last": (fold_batchnorm(model), True), "bn_folded_torchscript": (scripted, False)}
+            "bn_folded_channels_last": (fold_batchnorm(model, height, width), True), "bn_folded_torchscript": (scripted, False)}
 
 
 def architectures(name: str, height: int, width: int, reduction: float) -> dict[str, ReIDNet]:

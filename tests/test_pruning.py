@@ -146,10 +146,44 @@ def test_spec_rebuilds_the_pruned_network_and_rejects_a_wrong_one():
 
 
 def test_folding_batchnorm_keeps_features():
-    model = trained_looking("resnet18")
+    model = trained_looking("resnet18").eval()
     images = torch.randn(3, 3, H, W)
+    folded = fold_batchnorm(model, H, W)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())  # the original is kept
     with torch.no_grad():
-        assert (fold_batchnorm(model)(images) - model(images)).abs().max() < 1e-4
+        assert (folded(images) - model(images)).abs().max() < 1e-4
+
+
+def test_folding_batchnorm_leaves_a_model_running_in_another_thread_alone():
+    """Scenarios run side by side on threads; measuring one (which folds its BatchNorms) must not
+    disturb another one's forward passes, as torch.fx's tracer does."""
+    import threading
+
+    measured, busy = trained_looking("resnet18"), ReIDNet("resnet18", 5).eval()
+    running, stop, failures = threading.Event(), threading.Event(), []
+
+    def keep_running():
+        images = torch.randn(2, 3, H, W)
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    busy(images)
+            except Exception as error:  # noqa: BLE001 - whatever breaks is the finding
+                failures.append(error)
+                return
+            running.set()
+
+    other = threading.Thread(target=keep_running)
+    other.start()
+    try:
+        assert running.wait(timeout=60)
+        for _ in range(10):
+            fold_batchnorm(measured, H, W)
+    finally:
+        stop.set()
+        other.join()
+    assert failures == []
 
 
 def test_progressive_pruning_stage_on_tiny_data(tiny_domains, tmp_path):
