@@ -22,18 +22,29 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 
+STATE_FILE = "services.json"  # where `make serve` records its PIDs and URLs (flows/services.py)
+
+
+def answers(url: str, timeout: float = 2) -> bool:
+    """Whether a health-check URL answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:  # refused, timed out, HTTP error
+        return False
+
+
 def running_prefect_api(state_file: Path) -> str | None:
     """The API URL recorded by `make serve`, if that server answers its health check now."""
     try:
         url = json.loads(state_file.read_text())["urls"]["prefect_api"]
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return url if response.status == 200 else None
-    except (OSError, ValueError, KeyError, TypeError):  # no file, bad JSON, server down
+    except (OSError, ValueError, KeyError, TypeError):  # no file, bad JSON, no URL recorded
         return None
+    return url if isinstance(url, str) and answers(f"{url}/health") else None
 
 
 SERVED_PREFECT_API = None
 if "PREFECT_API_URL" not in os.environ:
-    SERVED_PREFECT_API = running_prefect_api(Path.cwd() / ".serve" / "services.json")
+    SERVED_PREFECT_API = running_prefect_api(Path.cwd() / ".serve" / STATE_FILE)
     if SERVED_PREFECT_API:
         os.environ["PREFECT_API_URL"] = SERVED_PREFECT_API

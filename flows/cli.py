@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import flows  # noqa: F401  (sets telemetry-off environment before Prefect/MLflow load)
+import flows  # sets telemetry-off environment before Prefect/MLflow load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Prune a person ReID model for a new camera domain, with evidence.")

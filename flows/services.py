@@ -15,16 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from reid_models.config import Settings, artifact_location, tracking_uri
+from flows import STATE_FILE, answers
 from flows.serve import DEPLOYMENTS
 from tasks.tracking import pid_alive
-
-STATE_FILE = "services.json"
 
 
 class ServiceError(RuntimeError):
@@ -45,14 +42,6 @@ class Ports:
         return f"http://127.0.0.1:{self.mlflow}"
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _launch(name: str, command: list[str], env: dict, state_dir: Path, root: Path) -> subprocess.Popen:
     log = open(state_dir / f"{name}.log", "wb")
     return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -65,7 +54,7 @@ def _wait_healthy(name: str, process: subprocess.Popen, urls: list[str], state_d
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServiceError(f"{name} exited with code {process.returncode}; see {state_dir / f'{name}.log'}")
-        if all(_answers(url) for url in urls):
+        if all(answers(url) for url in urls):
             return
         time.sleep(0.5)
     raise ServiceError(f"{name} did not answer {', '.join(urls)} within {timeout:.0f} s; "

@@ -61,7 +61,7 @@ def fold_batchnorm(model: nn.Module, height: int = 256, width: int = 128) -> nn.
 
     def before_batchnorm(batchnorm, inputs):
         made = conv_outputs.get(id(inputs[0]))
-        if made is not None and made[1] is inputs[0]:
+        if made is not None:
             pairs.append((made[0], names[batchnorm]))
 
     hooks = [module.register_forward_hook(after_conv) for module in folded.modules() if isinstance(module, nn.Conv2d)]
