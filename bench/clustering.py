@@ -2,10 +2,12 @@
 
     python -m bench.clustering --json docs/bench/clustering_default.json
 
-Extracts the target domain's training features with the source model (`outputs/pretrain/model.pt`,
-i.e. the first round of unsupervised adaptation), clusters them at several DBSCAN radii with and
-without removing each camera's mean feature, and scores the pseudo-labels against the true
-identities (adjusted Rand index; outliers left out, as in training). Also times 20,000
+Extracts the features of the target domain's *validation* identities (held out of its training
+identities, `data.val_share`; never the test split) with the source model
+(`outputs/pretrain/model.pt`, i.e. the first round of unsupervised adaptation), clusters them at
+several DBSCAN radii with and without removing each camera's mean feature, and scores the
+pseudo-labels against the true identities (adjusted Rand index; outliers left out, as in
+training). `adapt.cluster.eps` is chosen from this table. Also times 20,000
 synthetic features and reports the process's peak memory and what clustering added to it.
 """
 
@@ -30,10 +32,11 @@ from reid_models.models import resolve_device
 
 def target_features(settings) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     model = stages.load_model(Path(settings.outputs) / "pretrain" / "model.pt")
-    splits = stages.load_domain(settings.data.target, settings.data, settings.seed, check_images=False)
-    images = ImageSet.from_items(splits.train, settings.data.height, settings.data.width, test_transform())
+    splits = stages.load_domain(settings.data.target, settings.data, check_images=False)
+    items = [*splits.val_query, *splits.val_gallery]
+    images = ImageSet.from_items(items, settings.data.height, settings.data.width, test_transform())
     features = extract_features(model, images, resolve_device(settings.device))
-    return features, images.camids, np.array([pid for _, pid, _ in splits.train])
+    return features, images.camids, np.array([pid for _, pid, _ in items])
 
 
 def large_scale(n: int = 20_000) -> dict:

@@ -68,7 +68,7 @@ class Bench:
         """Data and the source model, made once; every timed run starts from a copy."""
         settings = self.settings("shared")
         for domain in ("source", "target"):
-            stages.prepare_domain(domain, getattr(settings.data, domain), settings.data, settings.seed)
+            stages.prepare_domain(domain, getattr(settings.data, domain), settings.data)
         stages.pretrain(settings, ROOT / "shared" / "pretrain")
         return ROOT / "shared" / "pretrain"
 

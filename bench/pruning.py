@@ -1,6 +1,6 @@
 """Which criterion keeps ReID accuracy at a given FLOPs budget, and is the pruned model faster?
 
-    python -m bench.pruning --profile default --json docs/bench/pruning_default.json
+    python -m bench.pruning --profile default --json docs/bench/pruning_default.json   # seeds 0,1,2
 
 Every row starts from the same source-trained model (`outputs/pretrain/model.pt`, trained once
 and reused) and gets the same fine-tuning budget (`prune.finetune`) and seed; only the
@@ -9,6 +9,13 @@ domain the pruned model is fine-tuned on); latency (batch 1) and throughput (bat
 measured on this machine's CPU (BatchNorm folded, channels_last), each pruned model back to back
 with the unpruned one, as ratios. `--retime` measures the ratios of a finished run again
 (speed only) when something else ran on the machine during a training run.
+
+Each seed (`--seeds`, default 0,1,2) pretrains its own source model (the default seed's is
+`reid-prune run`'s, another's is under outputs/seeds/seedN) and prunes it with every criterion.
+Each criterion is compared with PLFP paired within seeds (`reid_models.stats`: mean over seeds of
+the per-seed difference, 95% interval by a bootstrap over seeds and query identities, `resolved`
+when it excludes 0), on both test splits: printed, and written beside `--json X.json` (the rows,
+a list) as `X_comparisons.json`.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.scenarios import comparisons_path, seed_overrides
 from reid_models import stages
 from reid_models.complexity import measure
 from reid_models.config import load_settings
 from reid_models.models import resolve_device
 from reid_models.pruning.criteria import CRITERIA
+from reid_models.stats import REFERENCE_CRITERION, format_comparison, paired_difference
 
 REDUCTIONS = (0.5, 0.3, 0.7)  # 0.5 first: the headline budget
 
@@ -48,56 +57,96 @@ def speed_ratios(settings, pruned_checkpoint: str, base_checkpoint: str, rounds:
             "latency_ratio": statistics.median(latency), "throughput_ratio": statistics.median(throughput)}
 
 
-def evaluate_row(settings, checkpoint: str, source, target) -> dict:
+def evaluate_row(settings, checkpoint: str, source, target) -> tuple[dict, dict]:
+    """The row's FLOPs, params and metrics, and the per-query results of both test splits."""
     model = stages.load_model(checkpoint)
     device = resolve_device(settings.device)
     cost = measure(model, settings.data.height, settings.data.width, timing=False)
     on_source = stages.evaluate_model(model, source, settings.data, settings.evaluate, device)
     on_target = stages.evaluate_model(model, target, settings.data, settings.evaluate, device)
-    return {"flops": cost["flops"], "params": cost["params"], "rank1": on_source["rank1"], "mAP": on_source["mAP"],
-            "target_rank1": on_target["rank1"], "target_mAP": on_target["mAP"]}
+    row = {"flops": cost["flops"], "params": cost["params"], "rank1": on_source["rank1"], "mAP": on_source["mAP"],
+           "target_rank1": on_target["rank1"], "target_mAP": on_target["mAP"]}
+    return row, {"source": on_source["per_query"], "target": on_target["per_query"]}
+
+
+def criterion_comparisons(rows: list[dict], per_query: dict, n_boot: int = 2000) -> list[dict]:
+    """Each criterion vs PLFP at each FLOPs reduction, paired over the seeds both ran (each seed
+    prunes its own source model), on the source and target test splits, rank-1 and mAP."""
+    records = []
+    for reduction in sorted({r["target_reduction"] for r in rows if r["criterion"] != "none"}):
+        at = [r for r in rows if r["target_reduction"] == reduction]
+        for criterion in sorted({r["criterion"] for r in at} - {"none", REFERENCE_CRITERION}):
+            seeds = sorted(r["seed"] for r in at if r["criterion"] == criterion
+                           and (r["seed"], REFERENCE_CRITERION, reduction) in per_query)
+            if not seeds:
+                continue
+            for split in ("source", "target"):
+                for metric in ("rank1", "mAP"):
+                    result = paired_difference(
+                        [per_query[(s, criterion, reduction)][split] for s in seeds],
+                        [per_query[(s, REFERENCE_CRITERION, reduction)][split] for s in seeds],
+                        metric, a=criterion, b=REFERENCE_CRITERION, seeds=seeds, n_boot=n_boot)
+                    records.append({"comparison": f"{criterion} vs {REFERENCE_CRITERION}", "split": split,
+                                    "flops_reduction": reduction, "mode": at[0]["mode"], **result.as_dict()})
+    return records
+
+
+def _write_json(path: Path | None, records: list[dict]) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=2) + "\n")
 
 
 def run(profile: str, params: str, overrides: list[str], criteria: list[str], reductions: list[float],
-        json_path: Path | None) -> list[dict]:
-    settings = load_settings(params, profile, overrides)
+        seeds: list[int], json_path: Path | None) -> tuple[list[dict], list[dict]]:
+    """The rows of every seed (its own source model: the default seed's is `reid-prune run`'s, another
+    seed's under outputs/seeds/seedN) and the criterion-vs-PLFP comparisons paired over seeds."""
+    base_settings = load_settings(params, profile, overrides)
     for domain in ("source", "target"):
-        stages.prepare_domain(domain, getattr(settings.data, domain), settings.data, settings.seed)
-    source = stages.load_domain(settings.data.source, settings.data, settings.seed, check_images=False)
-    target = stages.load_domain(settings.data.target, settings.data, settings.seed, check_images=False)
-    pretrained = stages.pretrain(settings, Path(settings.outputs) / "pretrain")["checkpoint"]  # resumes if done
-
-    base = evaluate_row(settings, pretrained, source, target)
-    rows = [{"criterion": "none", "mode": "none", "target_reduction": 0.0, "measured_reduction": 0.0, **base,
-             **speed_ratios(settings, pretrained, pretrained), "seconds": 0.0}]
-    out_root = Path(settings.outputs) / "bench" / "pruning"
-    for reduction in reductions:
-        for criterion in criteria:
-            began = time.perf_counter()
-            run_settings = load_settings(params, profile, [*overrides, f"prune.criterion={criterion}",
-                                                           f"prune.flops_reduction={reduction}"])
-            result = stages.prune(run_settings, pretrained, out_root / run_name(criterion, reduction, run_settings.prune.mode))
-            row = evaluate_row(settings, result["checkpoint"], source, target)
-            rows.append({"criterion": criterion, "mode": run_settings.prune.mode, "target_reduction": reduction,
-                         "measured_reduction": 1 - row["flops"] / base["flops"], **row,
-                         **speed_ratios(settings, result["checkpoint"], pretrained),
-                         "seconds": time.perf_counter() - began})
-            logging.info("%s @ %.1f: rank1 %.3f mAP %.3f, %.2fx throughput", criterion, reduction,
-                         row["rank1"], row["mAP"], rows[-1]["throughput_ratio"])
-            if json_path:  # written after every row: a long run that stops keeps what it measured
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+        stages.prepare_domain(domain, getattr(base_settings.data, domain), base_settings.data)
+    source = stages.load_domain(base_settings.data.source, base_settings.data, check_images=False)
+    target = stages.load_domain(base_settings.data.target, base_settings.data, check_images=False)
+    rows: list[dict] = []
+    per_query: dict[tuple[int, str, float], dict] = {}  # (seed, criterion, reduction) -> split -> arrays
+    for seed in seeds:
+        seed_set = [*overrides, *seed_overrides(base_settings, seed)]
+        settings = load_settings(params, profile, seed_set)
+        pretrained = stages.pretrain(settings, Path(settings.outputs) / "pretrain")["checkpoint"]  # resumes if done
+        base, per_query[(seed, "none", 0.0)] = evaluate_row(settings, pretrained, source, target)
+        rows.append({"criterion": "none", "mode": "none", "seed": seed, "target_reduction": 0.0,
+                     "measured_reduction": 0.0, **base, **speed_ratios(settings, pretrained, pretrained), "seconds": 0.0})
+        out_root = Path(settings.outputs) / "bench" / "pruning"
+        for reduction in reductions:
+            for criterion in criteria:
+                began = time.perf_counter()
+                run_settings = load_settings(params, profile, [*seed_set, f"prune.criterion={criterion}",
+                                                               f"prune.flops_reduction={reduction}"])
+                result = stages.prune(run_settings, pretrained,
+                                      out_root / run_name(criterion, reduction, run_settings.prune.mode))
+                row, per_query[(seed, criterion, reduction)] = evaluate_row(settings, result["checkpoint"], source,
+                                                                            target)
+                rows.append({"criterion": criterion, "mode": run_settings.prune.mode, "seed": seed,
+                             "target_reduction": reduction, "measured_reduction": 1 - row["flops"] / base["flops"],
+                             **row, **speed_ratios(settings, result["checkpoint"], pretrained),
+                             "seconds": time.perf_counter() - began})
+                logging.info("seed %d, %s @ %.1f: rank1 %.3f mAP %.3f, %.2fx throughput", seed, criterion, reduction,
+                             row["rank1"], row["mAP"], rows[-1]["throughput_ratio"])
+                _write_json(json_path, rows)  # after every row: a long run that stops keeps what it measured
+    comparisons = criterion_comparisons(rows, per_query)
+    _write_json(json_path and comparisons_path(json_path), comparisons)
+    return rows, comparisons
 
 
 def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> list[dict]:
     """Measure the speed ratios of an existing run's rows again, on an otherwise idle machine
     (training runs are long; a stray process during one row's timing should not cost a rerun)."""
-    settings = load_settings(params, profile, overrides)
-    pretrained = str(Path(settings.outputs) / "pretrain" / "model.pt")
-    out_root = Path(settings.outputs) / "bench" / "pruning"
+    base_settings = load_settings(params, profile, overrides)
     rows = json.loads(json_path.read_text())
     for row in rows:
+        settings = load_settings(params, profile,
+                                 [*overrides, *seed_overrides(base_settings, row.get("seed", base_settings.seed))])
+        pretrained = str(Path(settings.outputs) / "pretrain" / "model.pt")
+        out_root = Path(settings.outputs) / "bench" / "pruning"
         checkpoint = pretrained if row["criterion"] == "none" else \
             str(out_root / run_name(row["criterion"], row["target_reduction"], row["mode"]) / "model.pt")
         row.update(speed_ratios(settings, checkpoint, pretrained))
@@ -108,10 +157,11 @@ def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> 
 
 def markdown(rows: list[dict]) -> str:
     """The docs/RESULTS.md table of a finished run: one row per budget, one column pair per criterion."""
-    lines = ["| criterion | mode | FLOPs - (target) | measured | rank-1 | mAP | target rank-1 | latency x | throughput x |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["target_reduction"], r["criterion"] != "plfp", r["criterion"])):
-        lines.append(f"| {r['criterion']} | {r.get('mode', '')} | {r['target_reduction']:.1f} | "
+    lines = [("| criterion | mode | seed | FLOPs - (target) | measured | rank-1 | mAP | target rank-1 | latency x | "
+              "throughput x |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["target_reduction"], r["criterion"] != "plfp", r["criterion"],
+                                         r.get("seed", 0))):
+        lines.append(f"| {r['criterion']} | {r.get('mode', '')} | {r.get('seed', '')} | {r['target_reduction']:.1f} | "
                      f"{r['measured_reduction']:.3f} | {100 * r['rank1']:.1f} | {100 * r['mAP']:.1f} | "
                      f"{100 * r['target_rank1']:.1f} | {r['latency_ratio']:.2f} | {r['throughput_ratio']:.2f} |")
     return "\n".join(lines)
@@ -124,6 +174,7 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--reductions", default=",".join(map(str, REDUCTIONS)))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each pretrains its own source model")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--retime", action="store_true", help="only re-measure the speed ratios of --json's rows")
     parser.add_argument("--table", action="store_true", help="only print --json's rows as a markdown table")
@@ -132,16 +183,25 @@ def main() -> None:
         print(markdown(json.loads(args.json.read_text())))
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    comparisons: list[dict] = []
     if args.retime:
         rows = retime(args.profile, args.params, args.overrides, args.json)
     else:
-        rows = run(args.profile, args.params, args.overrides, args.criteria.split(","),
-                   [float(r) for r in args.reductions.split(",")], args.json)
-    header = f"{'criterion':>9} {'target':>6} {'measured':>8} {'rank1':>6} {'mAP':>6} {'tgt r1':>6} {'lat x':>6} {'thr x':>6}"
+        rows, comparisons = run(args.profile, args.params, args.overrides, args.criteria.split(","),
+                                [float(r) for r in args.reductions.split(",")],
+                                [int(s) for s in args.seeds.split(",")], args.json)
+    header = (f"{'criterion':>9} {'seed':>4} {'target':>6} {'measured':>8} {'rank1':>6} {'mAP':>6} {'tgt r1':>6} "
+              f"{'lat x':>6} {'thr x':>6}")
     print(header)
     for r in rows:
-        print(f"{r['criterion']:>9} {r['target_reduction']:>6.2f} {r['measured_reduction']:>8.3f} {r['rank1']:>6.3f} "
-              f"{r['mAP']:>6.3f} {r['target_rank1']:>6.3f} {r['latency_ratio']:>6.2f} {r['throughput_ratio']:>6.2f}")
+        print(f"{r['criterion']:>9} {r.get('seed', ''):>4} {r['target_reduction']:>6.2f} {r['measured_reduction']:>8.3f} "
+              f"{r['rank1']:>6.3f} {r['mAP']:>6.3f} {r['target_rank1']:>6.3f} {r['latency_ratio']:>6.2f} "
+              f"{r['throughput_ratio']:>6.2f}")
+    if comparisons:
+        print("each criterion vs PLFP, paired over seeds (points, 95% interval over seeds and query identities):")
+    for comparison in comparisons:
+        winner = comparison["a"] if comparison["verdict"] == "A better" else comparison["b"]
+        print(format_comparison(comparison) + (f" ({winner} better)" if comparison["resolved"] else ""))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """Where to prune, with evidence: the scenario grid over seeds, and the four questions it answers.
 
-    python -m bench.scenarios --profile default --seeds 0,1 --json docs/bench/scenarios_default.json
+    python -m bench.scenarios --profile default --seeds 0,1,2 --json docs/bench/scenarios_default.json
 
 For each seed the whole pipeline runs (pretraining included, so the spread covers it): the
 source model, the thin dense model, then every scenario of `params.yaml`'s grid with equal
 training images after pretraining. It calls the core directly (no Prefect, no MLflow); the
 seed equal to `params.yaml`'s `seed` writes where `reid-prune run` does, so either reuses the
 other's finished scenarios. Rank-1/mAP are on the target test split (new cameras).
+
+Claims rest on paired comparisons (`reid_models.stats`): scenarios of one seed share the source
+model and the test queries, so each comparison is the mean over seeds of the per-seed difference,
+with a 95% interval from a bootstrap over seeds and, within them, query identities; a winner is
+stated only where the interval excludes 0 (`resolved`). `--json X.json` gets the rows (a list, as
+before) and `X_comparisons.json` the comparisons (a list of `stats.COMPARISON_COLUMNS` records).
 """
 
 from __future__ import annotations
@@ -19,17 +25,28 @@ from pathlib import Path
 
 from reid_models import stages
 from reid_models.config import Settings, load_settings
-from reid_models.report import save_results
+from reid_models.report import load_comparisons, save_results
 from reid_models.scenarios import check_budget, expand_grid, pretrain_small_dense, run_scenario
+from reid_models.stats import comparison_records, format_comparison
 
-PRUNED = ("prune_before", "prune_during", "prune_after")
+
+def seed_overrides(base: Settings, seed: int) -> list[str]:
+    """Overrides for one seed: the default seed shares `reid-prune run`'s outputs, any other seed
+    gets its own (outputs/seeds/seedN: its own source model and runs)."""
+    extra = [f"seed={seed}"]
+    if seed != base.seed:
+        extra.append(f"outputs={Path(base.outputs) / 'seeds' / f'seed{seed}'}")
+    return extra
+
+
+def comparisons_path(json_path: Path) -> Path:
+    """Where a bench writes its comparisons beside its rows: X.json -> X_comparisons.json."""
+    return json_path.with_name(f"{json_path.stem}_comparisons.json")
 
 
 def settings_for_seed(params: str, profile: str, overrides: list[str], seed: int) -> Settings:
     base = load_settings(params, profile, overrides)
-    extra = [f"seed={seed}", f"scenarios.seeds=[{seed}]"]
-    if seed != base.seed:  # the default seed shares `reid-prune run`'s outputs
-        extra.append(f"outputs={Path(base.outputs) / 'seeds' / f'seed{seed}'}")
+    extra = [*seed_overrides(base, seed), f"scenarios.seeds=[{seed}]"]
     settings = load_settings(params, profile, [*overrides, *extra])
     check_budget(settings)
     return settings
@@ -37,7 +54,7 @@ def settings_for_seed(params: str, profile: str, overrides: list[str], seed: int
 
 def run_seed(settings: Settings) -> list[dict]:
     for domain in ("source", "target"):
-        stages.prepare_domain(domain, getattr(settings.data, domain), settings.data, settings.seed)
+        stages.prepare_domain(domain, getattr(settings.data, domain), settings.data)
     outputs = Path(settings.outputs)
     source = stages.pretrain(settings, outputs / "pretrain")["checkpoint"]  # resumes, or reuses a finished one
     rows = []
@@ -58,36 +75,62 @@ def mean_rank1(rows: list[dict], **match) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def answers(rows: list[dict]) -> list[str]:
-    """The issue's four questions, answered from the rows (means over seeds)."""
+def _claim(comparison: dict) -> str:
+    """`A vs B +1.2 [-0.3, +2.7]: A better` (resolved) or `...: not resolved` (rank-1 points)."""
+    verdict = comparison["verdict"]
+    if comparison["resolved"]:
+        verdict = f"{comparison['a'] if verdict == 'A better' else comparison['b']} better"
+    return (f"{comparison['comparison']} {100 * comparison['diff']:+.1f} [{100 * comparison['ci_low']:+.1f}, "
+            f"{100 * comparison['ci_high']:+.1f}]: {verdict}")
+
+
+def _stage_winner(stage_comparisons: list[dict]) -> str | None:
+    """The stage resolved better than every other stage it was compared with, if there is one."""
+    labels = {c[side] for c in stage_comparisons for side in ("a", "b")}
+    for label in sorted(labels):
+        involved = [c for c in stage_comparisons if label in (c["a"], c["b"])]
+        if len(involved) == len(labels) - 1 and all(
+                c["resolved"] and (c["a"] == label) == (c["verdict"] == "A better") for c in involved):
+            return label
+    return None
+
+
+def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
+    """The questions the grid answers, on target rank-1: a winner only where its paired comparison
+    is resolved (the 95% interval excludes 0), otherwise "not resolved"."""
     lines = []
-    modes = sorted({r["adaptation"] for r in rows} - {"none"})
-    for mode in modes:
+    rank1 = [c for c in comparisons if c["metric"] == "rank1"]
+    for mode in sorted({r["adaptation"] for r in rows} - {"none"}):
         reference = mean_rank1(rows, name="adapt_only", adaptation=mode)
-        pruned = sorted({(r["name"], r["criterion"], r["flops_reduction"]) for r in rows
-                         if r["name"] in PRUNED and r["adaptation"] == mode})
-        scored = [(mean_rank1(rows, name=n, criterion=c, flops_reduction=f, adaptation=mode), n, c, f)
-                  for n, c, f in pruned]
-        if reference is None or not scored:
-            continue
-        best = max(scored)
-        within = [s for s in scored if s[3] >= 0.5 and s[0] >= reference - 0.01]
-        lines.append(f"{mode}: adapt_only rank1 {100 * reference:.1f}; best pruned {best[1]} ({best[2]}, "
-                     f"-{best[3]:g} FLOPs) {100 * best[0]:.1f}; halves FLOPs within 1 point of adapt_only: "
-                     f"{', '.join(s[1] for s in within) or 'none'}")
-        for reduction in sorted({s[3] for s in scored}):
-            dense = mean_rank1(rows, name="small_dense", flops_reduction=reduction, adaptation=mode)
-            at = max(s for s in scored if s[3] == reduction)
-            if dense is not None:
-                lines.append(f"{mode} @ -{reduction:g} FLOPs: best pruned {at[1]} {100 * at[0]:.1f} vs small_dense "
-                             f"{100 * dense:.1f}")
+        for reduction in sorted({c["flops_reduction"] for c in rank1 if c["adaptation"] == mode} - {0.0}):
+            group = [c for c in rank1 if c["adaptation"] == mode and c["flops_reduction"] == reduction]
+            where = f"{mode} @ -{reduction:g} FLOPs"
+            stage_comparisons = [c for c in group if c["kind"] == "stages"]
+            for criterion in sorted({c["a"].split("[")[-1].rstrip("]") for c in stage_comparisons}):
+                same = [c for c in stage_comparisons if c["a"].endswith(f"[{criterion}]")]
+                winner = _stage_winner(same)
+                means = {}
+                for c in same:
+                    means[c["a"]], means[c["b"]] = c["mean_a"], c["mean_b"]
+                lines.append(f"{where}, where to prune: " + (f"{winner} (resolved against every other stage)" if winner
+                             else "not resolved (" + ", ".join(f"{k} {100 * v:.1f}" for k, v in means.items()) + ")"))
+            for kind, title in (("vs_small_dense", "prune or train small"), ("vs_plfp", "criterion vs PLFP"),
+                                ("vs_adapt_only", f"vs adapt_only ({100 * reference:.1f})" if reference is not None
+                                 else "vs adapt_only")):
+                claims = [_claim(c) for c in group if c["kind"] == kind]
+                if claims:
+                    lines.append(f"{where}, {title}: " + "; ".join(claims))
+        unpruned = [c for c in rank1 if c["adaptation"] == mode and c["flops_reduction"] == 0.0]
+        if unpruned:
+            lines.append(f"{mode}, adaptation: " + "; ".join(_claim(c) for c in unpruned))
     source_only = mean_rank1(rows, name="source_only")
     supervised = mean_rank1(rows, name="adapt_only", adaptation="supervised")
     unsupervised = mean_rank1(rows, name="adapt_only", adaptation="unsupervised")
     if None not in (source_only, supervised, unsupervised) and supervised > source_only:
         closed = (unsupervised - source_only) / (supervised - source_only)
         lines.append(f"direct transfer {100 * source_only:.1f} -> unsupervised {100 * unsupervised:.1f} "
-                     f"(supervised {100 * supervised:.1f}): unsupervised closes {100 * closed:.0f}% of the gap")
+                     f"(supervised {100 * supervised:.1f}), means over seeds: unsupervised closes {100 * closed:.0f}% "
+                     "of the gap")
     return lines
 
 
@@ -96,8 +139,9 @@ def main() -> None:
     parser.add_argument("--profile", default="default", choices=["quick", "default"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated; each reruns the whole pipeline")
-    parser.add_argument("--json", type=Path, help="write the rows here (after every seed)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each reruns the whole pipeline")
+    parser.add_argument("--json", type=Path, help="write the rows here (after every seed), the paired comparisons "
+                                                  "beside it as <stem>_comparisons.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -116,7 +160,15 @@ def main() -> None:
     for r in rows:
         print(f"{r['name']:>13} {r['criterion']:>9} {r['flops_reduction']:>6g} {r['adaptation']:>12} {r['seed']:>4} "
               f"{r['flops'] / 1e9:>7.3f} {100 * r['rank1']:>6.1f} {100 * r['mAP']:>6.1f} {r['images_seen']:>7}")
-    for line in answers(rows):
+    frame = load_comparisons(Path(paths["csv"]).parent)
+    comparisons = [] if frame is None else comparison_records(frame)
+    if args.json:
+        comparisons_path(args.json).write_text(json.dumps(comparisons, indent=2) + "\n")
+    print("paired comparisons, A - B in points over seeds with a 95% interval (bootstrap over seeds and query "
+          "identities); resolved = the interval excludes 0:")
+    for comparison in comparisons:
+        print(format_comparison(comparison))
+    for line in answers(rows, comparisons):
         print(line)
     print(f"table: {paths['summary']}  plot: {paths['plot']}")
 

@@ -95,6 +95,24 @@ def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOpt
     _print_results(settings, result["paths"])
 
 
+def _comparisons_table(frame) -> Table:
+    """Paired differences A - B over seeds (points), their 95% interval and whether it excludes 0."""
+    table = Table(title="Paired comparisons on the target test split (A - B, points; 95% hierarchical bootstrap "
+                        "over seeds and query identities)")
+    for column in ("comparison", "adaptation", "FLOPs -", "metric", "A - B", "95% CI", "per seed", "seeds", "verdict"):
+        text = column in ("comparison", "adaptation", "metric", "per seed", "verdict")
+        table.add_column(column, justify="left" if text else "right", no_wrap=column == "comparison")
+    from rich.markup import escape  # labels such as prune_during[plfp] are not markup
+
+    for row in frame.itertuples():
+        verdict = f"resolved: {row.a if row.verdict == 'A better' else row.b} better" if row.resolved else "not resolved"
+        cells = (row.comparison, row.adaptation, f"{row.flops_reduction:g}", row.metric, f"{100 * row.diff:+.1f}",
+                 f"[{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]",
+                 " ".join(f"{100 * d:+.1f}" for d in row.per_seed), str(row.n_seeds), verdict)
+        table.add_row(*(escape(cell) for cell in cells))
+    return table
+
+
 @app.command()
 def report(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Print the last run's results table and where its plot is."""
@@ -110,6 +128,12 @@ def report(profile: ProfileOption = None, set_: SetOption = None, params: Params
         _fail(FileNotFoundError(f"no results in {folder}; run `reid-prune run` (or `dvc repro`) first"))
     _print_results(settings, {kind: str(folder / name) for kind, name in
                               (("csv", "results.csv"), ("plot", "flops_vs_rank1.png"), ("summary", "summary.csv"))})
+    from reid_models.report import load_comparisons
+
+    comparisons = load_comparisons(folder)
+    if comparisons is not None:
+        console.print(_comparisons_table(comparisons))
+        console.print(f"comparisons: {folder / 'comparisons.csv'}")
 
 
 @app.command()
@@ -167,13 +191,16 @@ def stop(state_dir: Annotated[Path, typer.Option(help="where `serve` recorded th
 def synth(domain: Annotated[str, typer.Option(help="source | target")],
           out: Annotated[Path, typer.Option(help="folder to write (Market-1501 layout + manifest.csv)")],
           seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
-          ids: Annotated[int, typer.Option(help="identities: half train, half test")] = 300,
+          train_ids: Annotated[int, typer.Option(help="training identities")] = 200,
+          test_ids: Annotated[int, typer.Option(help="test identities (query/gallery)")] = 800,
+          family_size: Annotated[int, typer.Option(help="look-alike identities per family")] = 3,
           workers: Annotated[int, typer.Option(help="rendering processes")] = 2) -> None:
-    """Render a synthetic multi-camera ReID domain."""
-    from reid_models.data.synth import generate_domain
+    """Render a synthetic multi-camera ReID domain (benchmark v2; params.yaml's data.synth sizes the pipeline's)."""
+    from reid_models.data.synth import DomainSpec, generate_domain
 
     try:
-        path = generate_domain(out, domain, seed=seed, ids=ids, workers=workers)
+        spec = DomainSpec(train_ids=train_ids, test_ids=test_ids, family_size=family_size)
+        path = generate_domain(out, domain, seed=seed, spec=spec, workers=workers)
     except ValueError as error:
         _fail(error)
     counts = {folder.name: len(list(folder.glob("*.jpg"))) for folder in sorted(path.iterdir()) if folder.is_dir()}

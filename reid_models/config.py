@@ -35,27 +35,48 @@ class DomainSettings(Section):
 
 
 class SynthSettings(Section):
-    ids: int = Field(300, ge=4, description="identities per domain (half train, half test)")
-    min_cameras: int = Field(2, ge=2)
-    images_per_camera: tuple[int, int] = (2, 5)
+    """Size and difficulty of the rendered benchmark (reid_models/data/synth.py)."""
+
+    train_ids: int = Field(200, ge=2, description="training identities per domain (validation is carved from them)")
+    test_ids: int = Field(800, ge=2, description="target test identities (query/gallery)")
+    source_test_ids: int = Field(300, ge=2, description="source test identities")
+    min_cameras: int = Field(3, ge=2, description="cameras each identity visits, at least")
+    images_per_camera: tuple[int, int] = (1, 4)
+    test_images_per_camera: tuple[int, int] = (2, 2)
+    family_size: int = Field(3, ge=1, description="look-alike identities per family (1: unrelated)")
     workers: int = Field(2, ge=1)
 
-    @field_validator("images_per_camera")
+    @field_validator("images_per_camera", "test_images_per_camera")
     @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+    def _ordered(cls, value: tuple[int, int], info) -> tuple[int, int]:
         low, high = value
-        if not 1 <= low <= high:
-            raise ValueError("must be [low, high] with 1 <= low <= high")
+        least = 2 if info.field_name == "test_images_per_camera" else 1  # a query and a gallery image
+        if not least <= low <= high:
+            raise ValueError(f"must be [low, high] with {least} <= low <= high")
         return value
+
+    def spec(self, domain: str):
+        """The generator's spec for `domain` ("source" or "target")."""
+        from reid_models.data.synth import DomainSpec
+
+        return DomainSpec(train_ids=self.train_ids, test_ids=self.source_test_ids if domain == "source" else
+                          self.test_ids, min_cameras=self.min_cameras, images_per_camera=self.images_per_camera,
+                          test_images_per_camera=self.test_images_per_camera, family_size=self.family_size)
 
 
 class DataSettings(Section):
     source: DomainSettings
     target: DomainSettings
     synth: SynthSettings = SynthSettings()
+    # The data's own seed (synthetic rendering, CSV identity split): the run's `seed` never changes
+    # the data, so every seed trains and is scored on the same identities.
+    seed: int = Field(0, ge=0)
     height: int = Field(128, ge=32, le=512)
     width: int = Field(64, ge=16, le=256)
     skip_corrupt: bool = False  # skip unreadable images with a warning count instead of failing
+    # Share of each domain's training identities held out as a validation query/gallery: every
+    # setting is tuned there, never on the test split. 0 disables it.
+    val_share: float = Field(0.25, ge=0.0, lt=0.9)
 
     @field_validator("height", "width")
     @classmethod
@@ -98,10 +119,46 @@ class TrainRecipe(Section):
         return self
 
 
+class InitRecipe(Section):
+    """The recipe fields that replace pretraining's when it starts from `pretrain.init` weights.
+
+    Fine-tuning ImageNet weights wants a smaller step and a short warm-up (Bag of Tricks: Adam
+    3.5e-4) where training from scratch may not; each field here overrides the same-named one.
+    """
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(3.5e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0)
+    warmup_epochs: int = Field(2, ge=0)
+
+
 class TrainSettings(TrainRecipe):
-    """Pretraining: the recipe plus which backbone to train."""
+    """Pretraining: the recipe plus which backbone to train and, optionally, the weights it starts from."""
 
     model: ModelName = "resnet18"
+    # A local weights file (torchvision ImageNet state_dict or torchreid checkpoint); None: random init.
+    init: str | None = None
+    init_recipe: InitRecipe = InitRecipe()
+
+    @field_validator("init")
+    @classmethod
+    def _init_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty path; give a local weights file, or null to train from scratch")
+        return value
+
+    @model_validator(mode="after")
+    def _init_warmup_fits(self) -> TrainSettings:
+        warmup = self.init_recipe.warmup_epochs
+        if self.init is not None and warmup >= self.epochs and self.epochs > 1:
+            raise ValueError(f"init_recipe.warmup_epochs ({warmup}) must be < epochs ({self.epochs})")
+        return self
+
+    def effective_recipe(self) -> TrainSettings:
+        """The recipe pretraining runs: with `init` set, `init_recipe`'s fields replace the recipe's."""
+        if self.init is None:
+            return self
+        return self.model_copy(update=self.init_recipe.model_dump())
 
 
 class FinetuneSettings(TrainRecipe):

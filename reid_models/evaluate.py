@@ -111,6 +111,8 @@ class _Accumulator:
         self.first_rank: list[torch.Tensor] = []  # rank of the first true match, valid queries
         self.ap: list[torch.Tensor] = []
         self.inp: list[torch.Tensor] = []
+        self.pids: list[torch.Tensor] = []  # identity and camera of each valid query
+        self.camids: list[torch.Tensor] = []
         self.num_skipped = 0
 
     def add_chunk(
@@ -162,6 +164,8 @@ class _Accumulator:
         self.first_rank.append(first_rank[has_match])
         self.ap.append(ap[has_match])
         self.inp.append(inp[has_match])
+        self.pids.append(q_pids[has_match])
+        self.camids.append(q_camids[has_match])
 
     def result(self, max_rank: int) -> dict[str, Any]:
         first_rank = torch.cat(self.first_rank)
@@ -188,6 +192,9 @@ class _Accumulator:
         out["num_valid_queries"] = num_valid
         out["num_skipped_queries"] = self.num_skipped
         out["cmc"] = cmc
+        # Per valid query, in query order: what paired comparisons and bootstrap intervals resample.
+        out["per_query"] = {"pid": torch.cat(self.pids).numpy(), "camid": torch.cat(self.camids).numpy(),
+                            "rank1": (first_rank == 0).to(torch.int8).numpy(), "ap": torch.cat(self.ap).numpy()}
         return out
 
 
@@ -208,8 +215,10 @@ def evaluate_distances(
     """Market-1501 protocol on a (num_query, num_gallery) distance matrix (smaller = closer).
 
     Returns rank1/rank5/rank10, mAP and mINP as fractions in [0, 1], num_valid_queries,
-    num_skipped_queries and cmc (length max_rank; entries past the gallery size are 1.0, where
-    torchreid would shorten the curve instead).
+    num_skipped_queries, cmc (length max_rank; entries past the gallery size are 1.0, where
+    torchreid would shorten the curve instead) and per_query: numpy arrays over the valid queries
+    in query order, "pid", "camid", "rank1" (int8 0/1: first true match at rank 1) and "ap"
+    (float64), whose means are rank1 and mAP.
     """
     _check_options(max_rank, query_chunk)
     dist = _as_tensor("distmat", distmat, ndim=2)
@@ -280,7 +289,8 @@ def evaluate_features(
     max_rank: int = 50,
     query_chunk: int = 256,
 ) -> dict[str, Any]:
-    """`evaluate_distances(pairwise_distances(...))` without ever holding the full matrix."""
+    """`evaluate_distances(pairwise_distances(...))` without ever holding the full matrix
+    (same keys, per_query included)."""
     _check_options(max_rank, query_chunk)
     query, gallery = _check_features(query_features, gallery_features)
     q_pids_t, g_pids_t, q_cam_t, g_cam_t = _check_labels(

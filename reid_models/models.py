@@ -9,10 +9,16 @@ torchreid's train/eval-dependent forward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from reid_models.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # name -> torchreid builder name; the names are the `pretrain.model` values config.py accepts.
 BACKBONES = ("resnet18", "resnet50", "osnet_x0_25", "osnet_x1_0", "mobilenetv2_x1_0")
@@ -72,6 +78,119 @@ class ReIDNet(nn.Module):
         classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
         nn.init.normal_(classifier.weight, std=0.001)
         self.classifier = classifier.to(next(self.parameters()).device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting weights (`pretrain.init`): a local file mapped onto the backbone by key name.
+#
+# torchreid's ResNets name their layers as torchvision does (conv1, bn1, layer1.0.conv1, ...), so
+# an ImageNet state_dict of torchvision.models.resnet18 maps onto `ReIDNet.backbone` key for key;
+# its `fc.*` has no counterpart (our head replaces it) and is reported as unexpected. torchreid
+# checkpoints wrap the weights in {"state_dict": ...} with "module." prefixes (DataParallel), and
+# a reid-prune model.pt prefixes them with "backbone.": such prefixes are stripped before matching.
+
+INIT_PREFIXES = ("module.", "backbone.", "model.")
+# A file is refused, not half-loaded, when it is for another network: a weight of another shape
+# (resnet50 weights for resnet18 share names and even match over half of the weights by shape:
+# every block's 3x3 conv and BatchNorms, but not its 1x1 convs), or below this share of the
+# backbone's weights matched by name and shape (e.g. a file of another model family).
+MIN_MATCHED_SHARE = 0.5
+INIT_FIX = ("Fix: give a local weights file of the pretrain.model network (for resnet18, e.g. written on a machine "
+            "with internet by torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), "
+            "'resnet18.pth')), or a torchreid checkpoint of that model; or set pretrain.init: null to train from scratch")
+
+
+@dataclass
+class InitReport:
+    """How a weights file mapped onto a backbone (key names as the backbone names them)."""
+
+    path: str
+    model: str
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # backbone keys the file does not hold
+    unexpected: list[str] = field(default_factory=list)  # file keys the backbone does not have
+    shape_mismatched: list[str] = field(default_factory=list)  # same name, other shape: not loaded
+    matched_share: float = 0.0  # share of the backbone's parameter elements loaded from the file
+
+    def as_dict(self, examples: int = 5) -> dict:
+        lists = ("matched", "missing", "unexpected", "shape_mismatched")
+        return {"path": self.path, "model": self.model, "matched_share": round(self.matched_share, 4),
+                **{name: len(getattr(self, name)) for name in lists},
+                "examples": {name: getattr(self, name)[:examples] for name in lists}}
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file: a plain state_dict or a checkpoint holding one under
+    "state_dict" (or "model"). Loaded with weights_only=True: no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrain.init: weights file {path} not found (nothing is downloaded). {INIT_FIX}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- corrupt file, not a torch file, or pickled objects
+        raise CheckpointError(f"pretrain.init: {path} cannot be loaded as weights (torch.load with "
+                              f"weights_only=True): {error}. {INIT_FIX}") from None
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    tensors = ({str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+               if isinstance(payload, dict) else {})
+    if not tensors:
+        raise CheckpointError(f"pretrain.init: {path} holds a {type(payload).__name__} with no tensors, "
+                              f"not a state_dict. {INIT_FIX}")
+    return tensors
+
+
+def _strip_prefixes(key: str) -> str:
+    while key.startswith(INIT_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def load_backbone_weights(model: ReIDNet, path: str | Path) -> InitReport:
+    """Load a local weights file into `model.backbone` by key name (known prefixes stripped).
+
+    Keys the file lacks keep their random init and keys the backbone lacks (e.g. ImageNet's `fc`)
+    are ignored, both reported. Raises CheckpointError, naming the file and loading nothing, when it
+    is for another network: a tensor of another shape, or under half of the backbone's weights matched.
+    """
+    state = read_weights_file(path)
+    own = model.backbone.state_dict()
+    report = InitReport(path=str(path), model=model.backbone_name)
+    usable: dict[str, torch.Tensor] = {}
+    mismatched: set[str] = set()
+    for raw_key, tensor in state.items():
+        key = _strip_prefixes(raw_key)
+        if key not in own:
+            report.unexpected.append(raw_key)
+        elif tuple(tensor.shape) != tuple(own[key].shape):
+            mismatched.add(key)
+            report.shape_mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = tensor
+    report.matched = sorted(usable)
+    report.missing = sorted(set(own) - set(usable) - mismatched)
+    params = dict(model.backbone.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    report.matched_share = sum(params[k].numel() for k in usable if k in params) / max(1, total)
+    if report.shape_mismatched or report.matched_share < MIN_MATCHED_SHARE:
+        summary = report.as_dict(examples=3)
+        raise CheckpointError(
+            f"pretrain.init: {path} does not fit {model.backbone_name}, it is for another network: "
+            f"{summary['shape_mismatched']} weights have another shape (e.g. {summary['examples']['shape_mismatched']}), "
+            f"{report.matched_share:.0%} of the backbone's weights match by name and shape ({summary['matched']} keys; "
+            f"{summary['unexpected']} keys of the file unknown to it, e.g. {summary['examples']['unexpected']}). "
+            f"{INIT_FIX}")
+    model.backbone.load_state_dict(usable, strict=False)
+    log.info("pretrain.init %s -> %s: %d keys matched (%.0f%% of the weights), %d missing, %d unexpected, "
+             "%d shape-mismatched", path, model.backbone_name, len(report.matched), 100 * report.matched_share,
+             len(report.missing), len(report.unexpected), len(report.shape_mismatched))
+    if report.missing:  # unexpected keys are normal: e.g. ImageNet's fc head
+        log.warning("pretrain.init: %d backbone keys are not in %s and keep their random init, e.g. %s",
+                    len(report.missing), path, report.missing[:5])
+    return report
 
 
 def resolve_device(choice: str) -> torch.device:

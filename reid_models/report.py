@@ -1,11 +1,15 @@
-"""The scenario grid's results: a pandas table, its Pareto front and the FLOPs-vs-rank-1 plot."""
+"""The scenario grid's results: a pandas table, its Pareto front, the FLOPs-vs-rank-1 plot with
+95% intervals, and the paired comparisons between settings (`reid_models.stats`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from reid_models import stats
 from reid_models.checkpoint import save_json
 
 # One marker per scenario, one colour per adaptation mode.
@@ -73,40 +77,65 @@ def plot_cmc(cmc: list[float], title: str, path: str | Path) -> Path:
     return _save_figure(figure, path)
 
 
-def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path) -> Path:
+def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.DataFrame | None = None) -> Path:
+    """One marker per setting at its mean over seeds; with `intervals` (`stats.setting_intervals`),
+    a bar for each setting's 95% interval of rank-1."""
+    points = frame.groupby(SETTINGS_COLUMNS, as_index=False, sort=False)[["flops", "gflops", "rank1"]].mean()
+    if intervals is not None and not intervals.empty:
+        points = points.merge(intervals, on=SETTINGS_COLUMNS, how="left")
     figure, axes = _pyplot().subplots(figsize=(7, 4.5))
-    for (scenario, adaptation), group in frame.groupby(["scenario", "adaptation"]):
+    for (scenario, adaptation), group in points.groupby(["scenario", "adaptation"]):
+        colour = COLOURS.get(adaptation, "black")
         axes.scatter(group["gflops"], 100 * group["rank1"], marker=MARKERS.get(scenario, "."),
-                     color=COLOURS.get(adaptation, "black"), s=60, label=f"{scenario} ({adaptation})")
-    front = frame[pareto_front(frame)]
+                     color=colour, s=60, label=f"{scenario} ({adaptation})")
+        if "rank1_ci_low" in group:
+            bounded = group.dropna(subset=["rank1_ci_low", "rank1_ci_high"])
+            below = np.clip(bounded["rank1"] - bounded["rank1_ci_low"], 0, None)
+            above = np.clip(bounded["rank1_ci_high"] - bounded["rank1"], 0, None)
+            axes.errorbar(bounded["gflops"], 100 * bounded["rank1"], yerr=[100 * below, 100 * above], fmt="none",
+                          ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)
+    front = points[pareto_front(points)]
     for adaptation, group in front.groupby("adaptation"):
         ordered = group.sort_values("gflops")
         axes.step(ordered["gflops"], 100 * ordered["rank1"], where="post", color=COLOURS.get(adaptation, "black"),
                   alpha=0.5, linestyle="--")
     axes.set_xlabel("GFLOPs per image (physically pruned model)")
     axes.set_ylabel("target rank-1 (%)")
-    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras (dashed: Pareto front)")
+    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras\n(mean over seeds; bars: 95% bootstrap "
+                   "interval; dashed: Pareto front)", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     return _save_figure(figure, path)
 
 
-def save_results(rows: list[dict], out_dir: str | Path) -> dict[str, str]:
-    """results.csv / .parquet (one row per run), summary.csv (over seeds), the plot, metrics.json."""
+def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> dict[str, str]:
+    """results.csv / .parquet (one row per run), summary.csv (over seeds), the plot, metrics.json;
+    and, for rows whose `result_dir` holds per_query.npz, comparisons.csv (`stats.scenario_comparisons`,
+    `n_boot` bootstrap replicates) and 95% intervals of rank-1 in summary.csv and the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(rows)
     frame["pareto"] = pareto_front(frame)
+    intervals = stats.setting_intervals(rows, n_boot=n_boot)
+    summary = summary_over_seeds(frame)
+    if not intervals.empty:
+        summary = summary.merge(intervals, on=SETTINGS_COLUMNS, how="left")
+    comparisons = stats.scenario_comparisons(rows, n_boot=n_boot)
     paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
              "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
-             "metrics": out_dir / "metrics.json"}
-    for kind, writer in (("csv", lambda p: frame.to_csv(p, index=False)),
-                         ("parquet", lambda p: frame.to_parquet(p, index=False)),
-                         ("summary", lambda p: summary_over_seeds(frame).to_csv(p, index=False))):
+             "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv"}
+    writers = [("csv", lambda p: frame.to_csv(p, index=False)),
+               ("parquet", lambda p: frame.to_parquet(p, index=False)),
+               ("summary", lambda p: summary.to_csv(p, index=False))]
+    if comparisons.empty:  # no per-query results: no comparisons, and none left from an earlier run
+        paths.pop("comparisons").unlink(missing_ok=True)
+    else:
+        writers.append(("comparisons", lambda p: comparisons.to_csv(p, index=False)))
+    for kind, writer in writers:
         partial = paths[kind].with_name(paths[kind].name + ".partial")
         writer(partial)
         partial.replace(paths[kind])
-    plot_flops_vs_rank1(frame, paths["plot"])
+    plot_flops_vs_rank1(frame, paths["plot"], intervals)
     metrics = {f"{row.scenario}-{row.criterion}-{row.flops_reduction:g}-{row.adaptation}-seed{row.seed}":
                {"gflops": round(row.gflops, 4), "rank1": row.rank1, "mAP": row.mAP, "mINP": row.mINP}
                for row in frame.itertuples()}
@@ -119,3 +148,14 @@ def load_results(out_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no results at {path}; run `reid-prune run` (or `dvc repro`) first")
     return pd.read_csv(path)
+
+
+def load_comparisons(out_dir: str | Path) -> pd.DataFrame | None:
+    """comparisons.csv of a report folder (per_seed and seeds as lists again), or None if absent."""
+    path = Path(out_dir) / "comparisons.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    for column in ("per_seed", "seeds"):
+        frame[column] = frame[column].map(json.loads)
+    return frame

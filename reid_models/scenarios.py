@@ -46,6 +46,7 @@ from reid_models.pruning.graph import ChannelGraph
 from reid_models.pruning.prune import ChannelSelector, ProgressivePruner, gradient_batches, prune_model
 from reid_models.pruning.spec import architecture_spec
 from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
+from reid_models.stats import PER_QUERY_FILE, save_per_query
 from reid_models.train import EpochCallback, train_model
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class ScenarioRun:
     def images(self, domain: str) -> ImageSet:
         if domain not in self._images:
             data = self.settings.data
-            splits = load_domain(getattr(data, domain), data, self.settings.seed, check_images=False)
+            splits = load_domain(getattr(data, domain), data, check_images=False)
             self._images[domain] = training_images(splits, data, self.settings.adapt.train.augment)
         return self._images[domain]
 
@@ -282,7 +283,9 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     """Run one scenario (or return its saved result when nothing it depends on changed).
 
     Writes in `out_dir`: `model.pt` (the final model, with its architecture spec), the spec again
-    as `architecture.json`, `cmc.json` (target CMC curve) and `result.json` (one row).
+    as `architecture.json`, `cmc.json` (target CMC curve), `per_query.npz` (target test, per valid
+    query: pid, camid, rank1 hit, AP; what the paired comparisons resample) and `result.json` (one
+    row; its `result_dir` is `out_dir`).
     """
     out_dir = Path(out_dir)
     model, start = _source_model(scenario, settings, source_checkpoint, small_dense_checkpoint)
@@ -292,7 +295,9 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
         log.info("%s: settings changed since the last run; starting over", scenario.key)
         shutil.rmtree(out_dir)
     if (out_dir / "result.json").is_file():
-        return json.loads((out_dir / "result.json").read_text())
+        if not (out_dir / PER_QUERY_FILE).is_file():  # finished before per-query results were saved
+            save_per_query(out_dir / PER_QUERY_FILE, _evaluate_on(_saved_model(out_dir), settings, "target")["per_query"])
+        return {**json.loads((out_dir / "result.json").read_text()), "result_dir": str(out_dir)}
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(key)
 
@@ -317,13 +322,14 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     final = run.model.cpu().eval()
     save_checkpoint(out_dir / "model.pt", model_payload(final, settings, [], scenario=asdict(scenario)))
     save_json(out_dir / "architecture.json", architecture_spec(final))
-    metrics, cmc = evaluate_scenario_model(final, settings)
+    metrics, cmc, per_query = evaluate_scenario_model(final, settings)
     save_json(out_dir / "cmc.json", {"rank": list(range(1, len(cmc) + 1)), "target_cmc": cmc})
+    save_per_query(out_dir / PER_QUERY_FILE, per_query)
     row = {**asdict(scenario), **metrics,
            "images_seen": sum(step["images"] for step in run.steps),
            "epochs": sum(step["epochs"] for step in run.steps),
            "steps": "+".join(step["name"] for step in run.steps) or "none",
-           "seconds": time.perf_counter() - began}
+           "seconds": time.perf_counter() - began, "result_dir": str(out_dir)}
     save_json(out_dir / "steps.json", run.steps)
     save_json(out_dir / "result.json", row)
     for partial in out_dir.glob("step*/*.pt"):  # resume points, no longer needed: keep outputs small
@@ -331,20 +337,27 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     return row
 
 
-def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float]]:
+def _saved_model(out_dir: Path) -> ReIDNet:
+    path = out_dir / "model.pt"
+    return model_from_payload(load_checkpoint(path), str(path)).eval()
+
+
+def _evaluate_on(model: ReIDNet, settings: Settings, domain: str) -> dict:
+    """`evaluate_features`' results on a domain's test split (query/gallery)."""
+    splits = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
+    return evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device))
+
+
+def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float], dict]:
     """Cost of the physical model and Market-1501 metrics: target test (the question) and
-    source test (what adapting forgot). Also returns the target's CMC curve."""
-    device = resolve_device(settings.device)
+    source test (what adapting forgot). Also returns the target's CMC curve and its per-query
+    results (`evaluate_features`' per_query)."""
     cost = measure(model, settings.data.height, settings.data.width)
     row = {key: cost[key] for key in ("flops", "macs", "params", "size_bytes", "latency_ms", "throughput_ips")}
-    cmc: list[float] = []
-    for domain, prefix in (("target", ""), ("source", "source_")):
-        splits = load_domain(getattr(settings.data, domain), settings.data, settings.seed, check_images=False)
-        metrics = evaluate_model(model, splits, settings.data, settings.evaluate, device)
+    target, source = _evaluate_on(model, settings, "target"), _evaluate_on(model, settings, "source")
+    for prefix, metrics in (("", target), ("source_", source)):
         row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
-        if domain == "target":
-            cmc = [float(value) for value in metrics["cmc"]]
-    return row, cmc
+    return row, [float(value) for value in target["cmc"]], target["per_query"]
 
 
 def images_budget(settings: Settings) -> int:

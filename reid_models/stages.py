@@ -15,11 +15,11 @@ import torch
 from reid_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_json
 from reid_models.config import AugmentSettings, DataSettings, DomainSettings, EvaluateSettings, Settings
 from reid_models.data.loading import ImageSet, relabel, test_transform, train_transform
-from reid_models.data.readers import ReIDSplits, read_dataset, validate_splits
-from reid_models.data.synth import generate_domain
+from reid_models.data.readers import ReIDSplits, hold_out_validation, read_dataset, validate_splits
+from reid_models.data.synth import generate_domain, read_info
 from reid_models.evaluate import evaluate_features
 from reid_models.features import extract_features
-from reid_models.models import ReIDNet, resolve_device
+from reid_models.models import ReIDNet, load_backbone_weights, resolve_device
 from reid_models.pruning.criteria import build_criterion
 from reid_models.pruning.prune import prune_model
 from reid_models.pruning.spec import architecture_spec, build_from_spec, load_into
@@ -28,21 +28,28 @@ from reid_models.train import EpochCallback, train_model
 log = logging.getLogger(__name__)
 
 
-def prepare_domain(domain: str, settings: DomainSettings, data: DataSettings, seed: int) -> Path:
-    """Make the synthetic domain if it is missing; real datasets must already be on disk."""
+def prepare_domain(domain: str, settings: DomainSettings, data: DataSettings) -> Path:
+    """Render the synthetic domain if it is missing or was rendered with other settings or an
+    older generator version; real datasets must already be on disk."""
     path = Path(settings.path)
-    if settings.kind == "synthetic" and not (path / "manifest.csv").is_file():
-        log.info("generating the synthetic %s domain in %s", domain, path)
-        generate_domain(path, domain, seed=seed, ids=data.synth.ids, min_cameras=data.synth.min_cameras,
-                        images_per_camera=data.synth.images_per_camera, workers=data.synth.workers)
+    if settings.kind == "synthetic":
+        spec = data.synth.spec(domain)
+        wanted = spec.info(domain, data.seed)
+        if read_info(path) != wanted:
+            if (path / "manifest.csv").is_file():
+                log.info("%s was rendered with other settings or generator version; rendering it again", path)
+            log.info("generating the synthetic %s domain in %s", domain, path)
+            generate_domain(path, domain, seed=data.seed, spec=spec, workers=data.synth.workers)
     return path
 
 
-def load_domain(settings: DomainSettings, data: DataSettings, seed: int, check_images: bool = True) -> ReIDSplits:
-    """Read and validate a domain (clear errors before any training)."""
-    splits = read_dataset(settings.kind, settings.path, seed=seed)
+def load_domain(settings: DomainSettings, data: DataSettings, check_images: bool = True) -> ReIDSplits:
+    """Read and validate a domain (clear errors before any training), then hold out the
+    validation identities (`data.val_share`). Splits depend on `data.seed` only, never on the
+    run's seed, so the scenarios of every seed are scored on the same queries."""
+    splits = read_dataset(settings.kind, settings.path, seed=data.seed)
     report = validate_splits(splits, check_images=check_images, skip_corrupt=data.skip_corrupt)
-    return report.splits
+    return hold_out_validation(report.splits, data.val_share)
 
 
 def training_images(splits: ReIDSplits, data: DataSettings, augment: AugmentSettings) -> ImageSet:
@@ -56,17 +63,34 @@ def training_images(splits: ReIDSplits, data: DataSettings, augment: AugmentSett
 def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | None = None,
              model: ReIDNet | None = None) -> dict:
     """Train a ReID model on the labelled source domain (`pretrain.model`, or the given untrained
-    `model`, e.g. a thinner dense network). Returns the checkpoint path and history."""
+    `model`, e.g. a thinner dense network). Returns the checkpoint path and history.
+
+    With `pretrain.init`, the backbone starts from that local weights file, loaded before any data
+    is read (a missing, unreadable or ill-fitting file fails at once, naming it); the recipe is then
+    `pretrain.effective_recipe()` (init_recipe's fields replace the recipe's) and the key-matching
+    report goes to `init_report.json`. A given `model` has no weights file of its shape: it trains
+    from scratch with the plain recipe.
+    """
     out_dir = Path(out_dir)
-    data, train_settings = settings.data, settings.pretrain
+    init = settings.pretrain.init if model is None else None
+    if settings.pretrain.init and not init:
+        log.info("pretrain.init is not applied to the given %s model: it trains from scratch", model.backbone_name)
+    init_report = None
+    if init:
+        torch.manual_seed(settings.seed)
+        model = ReIDNet(settings.pretrain.model, num_classes=1)  # the head is sized to the identities below
+        init_report = load_backbone_weights(model, init).as_dict()
+    data, train_settings = settings.data, settings.pretrain.effective_recipe() if init else settings.pretrain
     device = resolve_device(settings.device)
-    images = training_images(load_domain(data.source, data, settings.seed), data, train_settings.augment)
+    images = training_images(load_domain(data.source, data), data, train_settings.augment)
     num_ids = int(images.labels.max()) + 1
     torch.manual_seed(settings.seed)
     if model is None:
         model = ReIDNet(train_settings.model, num_classes=num_ids)
     else:
         model.reset_classifier(num_ids)
+    if init_report:
+        save_json(out_dir / "init_report.json", init_report)
     began = time.perf_counter()
     last, checkpoint = out_dir / "last.pt", out_dir / "model.pt"
     history = train_model(model, images, train_settings, device, seed=settings.seed,
@@ -77,7 +101,7 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
     if not checkpoint.is_file() or not last.is_file() or checkpoint.stat().st_mtime_ns < last.stat().st_mtime_ns:
         save_checkpoint(checkpoint, model_payload(model, settings, history, domain="source"))
     return {"checkpoint": str(checkpoint), "history": history, "seconds": time.perf_counter() - began,
-            "train_images": len(images), "train_ids": num_ids}
+            "train_images": len(images), "train_ids": num_ids, "init_report": init_report}
 
 
 def model_payload(model: ReIDNet, settings: Settings, history: list[dict], **extra) -> dict:
@@ -122,7 +146,7 @@ def prune(settings: Settings, checkpoint: str | Path, out_dir: str | Path,
     criterion = build_criterion(prune_settings.criterion, prune_settings.plfp_k, settings.seed)
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))  # a foreign checkpoint fails here, before any work
-    splits = load_domain(getattr(data, prune_settings.data), data, settings.seed)
+    splits = load_domain(getattr(data, prune_settings.data), data)
     images = training_images(splits, data, prune_settings.finetune.augment)
     if prune_settings.data != payload.get("domain", "source"):
         model.reset_classifier(int(images.labels.max()) + 1)  # new identities, new head
@@ -138,11 +162,13 @@ def prune(settings: Settings, checkpoint: str | Path, out_dir: str | Path,
 
 
 def evaluate_model(model: torch.nn.Module, splits: ReIDSplits, data: DataSettings, settings: EvaluateSettings,
-                   device: torch.device) -> dict:
-    """Market-1501 protocol on a domain's query/gallery: rank-1/5/10, mAP, mINP."""
+                   device: torch.device, split: str = "test") -> dict:
+    """Market-1501 protocol on a domain's query/gallery of `split` ("test" to report, "val" to
+    tune): rank-1/5/10, mAP, mINP."""
     transform = test_transform()
-    query = ImageSet.from_items(splits.query, data.height, data.width, transform)
-    gallery = ImageSet.from_items(splits.gallery, data.height, data.width, transform)
+    query_items, gallery_items = splits.evaluation_split(split)
+    query = ImageSet.from_items(query_items, data.height, data.width, transform)
+    gallery = ImageSet.from_items(gallery_items, data.height, data.width, transform)
     qf = extract_features(model, query, device, settings.batch_size)
     gf = extract_features(model, gallery, device, settings.batch_size)
     return evaluate_features(qf, gf, query.labels.numpy(), gallery.labels.numpy(), query.camids.numpy(),

@@ -112,8 +112,9 @@ def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None)
     with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
     if tracker:
-        for kind in ("csv", "summary", "plot"):
-            tracker.artifact(paths[kind], "scenarios")
+        for kind in ("csv", "summary", "plot", "comparisons"):  # comparisons: only with per-query results
+            if kind in paths:
+                tracker.artifact(paths[kind], "scenarios")
         aliases = set_best_aliases(settings, rows)
         tracker.params({"registry_aliases": aliases} if aliases else {})
     return paths

@@ -47,8 +47,8 @@ def prepare_data(settings: Settings, tracker: Tracker | None = None) -> dict:
     summary = {}
     for domain in ("source", "target"):
         domain_settings = getattr(settings.data, domain)
-        stages.prepare_domain(domain, domain_settings, settings.data, settings.seed)
-        splits = stages.load_domain(domain_settings, settings.data, settings.seed)
+        stages.prepare_domain(domain, domain_settings, settings.data)
+        splits = stages.load_domain(domain_settings, settings.data)
         summary[domain] = {"path": domain_settings.path, "train_images": len(splits.train),
                            "train_ids": splits.num_train_pids, "query": len(splits.query),
                            "gallery": len(splits.gallery), "cameras": splits.num_cameras}

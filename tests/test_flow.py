@@ -103,7 +103,7 @@ def test_missing_dataset_fails_with_the_path_and_the_fix(tmp_path):
 
     settings = load_settings(PARAMS, overrides=[f"data.target.path={tmp_path / 'nowhere'}", "data.target.kind=market1501"])
     with pytest.raises(DataError, match="nowhere"):
-        load_domain(settings.data.target, settings.data, seed=0)
+        load_domain(settings.data.target, settings.data)
 
 
 def test_run_command_prints_the_metrics_table(tiny_domains, tmp_path):

@@ -21,14 +21,16 @@ from reid_models.data.readers import (
     register_with_torchreid,
     validate_splits,
 )
-from reid_models.data.synth import generate_domain
+from reid_models.data.synth import CAMERAS, DomainSpec, generate_domain
+
+TINY = DomainSpec(train_ids=3, test_ids=3, min_cameras=2, images_per_camera=(2, 2), test_images_per_camera=(2, 2))
 
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory) -> Path:
     """A tiny synthetic domain; read-only for the tests (copy it before damaging it)."""
     out = tmp_path_factory.mktemp("synth") / "d"
-    return generate_domain(out, "source", seed=0, ids=6, images_per_camera=(2, 2), workers=1)
+    return generate_domain(out, "source", seed=0, spec=TINY, workers=1)
 
 
 def write_jpeg(path: Path, colour=(120, 60, 30)) -> str:
@@ -80,10 +82,10 @@ def test_market_reader_on_synthetic(synth_dir):
     counts = Counter(row["split"] for row in rows)
     assert (len(splits.train), len(splits.query), len(splits.gallery)) == (
         counts["train"], counts["query"], counts["gallery"])
-    assert splits.num_train_pids == 3  # ids=6: half for training
+    assert splits.num_train_pids == TINY.train_ids
     every = splits.train + splits.query + splits.gallery
     assert all(os.path.isabs(p) and os.path.isfile(p) for p, _, _ in every)
-    assert {cam for _, _, cam in every} <= set(range(6)) and 0 in {cam for _, _, cam in every}
+    assert {cam for _, _, cam in every} <= set(range(len(CAMERAS["source"]))) and 0 in {cam for _, _, cam in every}
     assert splits.num_cameras == len({cam for _, _, cam in every})
     # file name cN <-> camid N-1
     assert all(f"_c{cam + 1}s" in os.path.basename(p) for p, _, cam in every)
@@ -246,7 +248,7 @@ def test_register_with_torchreid(synth_dir):
 
 
 def test_generate_domain_is_deterministic(tmp_path, synth_dir):
-    kwargs = dict(seed=0, ids=6, images_per_camera=(2, 2))
+    kwargs = dict(seed=0, spec=TINY)
     again = generate_domain(tmp_path / "again", "source", workers=1, **kwargs)
     parallel = generate_domain(tmp_path / "parallel", "source", workers=2, **kwargs)
     assert tree_hash(again) == tree_hash(synth_dir) == tree_hash(parallel)

@@ -1,9 +1,11 @@
 """The scenario grid's pieces: grid expansion, budgets, the thin dense network, resume, memory."""
 
+import json
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from reid_models.complexity import count_flops
 from reid_models.config import SettingsError, load_settings
 from reid_models.models import ReIDNet
 from reid_models.scenarios import Scenario, check_budget, expand_grid, run_scenario, thin_dense_model
+from reid_models.stats import PER_QUERY_FILE, load_per_query
 from tests.conftest import PARAMS, ROOT, quick_overrides
 
 
@@ -71,7 +74,15 @@ def test_a_crashed_scenario_resumes_after_its_last_finished_step(tiny_domains, t
     row = run_scenario(scenario, settings, source, out, progress=False)
     assert row["steps"] == "prune_source+adapt" and row["images_seen"] == scenarios.images_budget(settings)
     assert not list(out.glob("step*/*.pt"))  # resume points are dropped once the result is saved
+    # Per-query target results beside result.json (not in it): what the paired comparisons resample.
+    per_query = load_per_query(out / PER_QUERY_FILE)
+    assert row["result_dir"] == str(out) and "per_query" not in json.loads((out / "result.json").read_text())
+    assert per_query["rank1"].mean() == pytest.approx(row["rank1"], abs=1e-9)
+    assert per_query["ap"].mean() == pytest.approx(row["mAP"], abs=1e-9)
     assert run_scenario(scenario, settings, source, out, progress=False) == row  # finished: read back
+    (out / PER_QUERY_FILE).unlink()  # a result saved before per-query files existed: evaluated again
+    assert run_scenario(scenario, settings, source, out, progress=False) == row
+    assert np.array_equal(load_per_query(out / PER_QUERY_FILE)["ap"], per_query["ap"])
 
     changed = load_settings(PARAMS, "quick", [*overrides, "prune.decay=0.5"])
     monkeypatch.undo()

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class ReIDSplits:
     gallery: list[Item]
     name: str
     root: str
+    # Held out from the training identities (`hold_out_validation`): where settings are tuned.
+    val_query: list[Item] = field(default_factory=list)
+    val_gallery: list[Item] = field(default_factory=list)
 
     @property
     def num_train_pids(self) -> int:
@@ -72,7 +75,57 @@ class ReIDSplits:
             pids = len({pid for _, pid, _ in items})
             cams = len({cam for _, _, cam in items})
             parts.append(f"{split} {len(items)} images/{pids} ids/{cams} cams")
+        if self.val_query:
+            parts.append(f"validation {len(self.val_query) + len(self.val_gallery)} images/"
+                         f"{len({pid for _, pid, _ in self.val_gallery + self.val_query})} ids")
         return f"{self.name} ({self.root}): " + ", ".join(parts)
+
+    def evaluation_split(self, split: str) -> tuple[list[Item], list[Item]]:
+        """(query, gallery) of `split`: "test" (the reported figures) or "val" (for tuning)."""
+        if split == "test":
+            return self.query, self.gallery
+        if split == "val":
+            if not self.val_query:
+                raise DataError(f"{self.root}: no validation split; set data.val_share > 0 "
+                                "(a share of the training identities is then held out)")
+            return self.val_query, self.val_gallery
+        raise ValueError(f"unknown split {split!r}; valid: test, val")
+
+
+# A fixed draw, independent of the run's seed: every seed and every setting is tuned on the same
+# validation identities, and trains on the same others.
+VALIDATION_SEED = 20_240_531
+
+
+def hold_out_validation(splits: ReIDSplits, share: float) -> ReIDSplits:
+    """Move `share` of the training identities into a validation query/gallery.
+
+    Market-1501's rule on them: the first image of each (identity, camera) is a query, the rest
+    gallery. An identity seen by one camera only cannot be a query; its images stay as gallery
+    distractors. At least 2 identities remain for training.
+    """
+    if share <= 0:
+        return splits
+    pids = np.array(sorted({pid for _, pid, _ in splits.train}))
+    count = min(max(1, round(share * len(pids))), len(pids) - 2)
+    if count < 1:
+        raise DataError(f"{splits.root}: {len(pids)} training identities are too few to hold out a validation "
+                        "split; add identities or set data.val_share: 0")
+    held = {int(pid) for pid in np.random.default_rng(VALIDATION_SEED).permutation(pids)[:count]}
+    cameras: dict[int, set[int]] = defaultdict(set)
+    for _, pid, cam in splits.train:
+        cameras[pid].add(cam)
+    train, query, gallery, seen = [], [], [], set()
+    for item in splits.train:
+        _, pid, cam = item
+        if pid not in held:
+            train.append(item)
+        elif len(cameras[pid]) > 1 and (pid, cam) not in seen:
+            seen.add((pid, cam))
+            query.append(item)
+        else:
+            gallery.append(item)
+    return replace(splits, train=train, val_query=query, val_gallery=gallery)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,22 @@ ReID is hard*:
 - identity lives in many weak cues (clothing colour *and* pattern, bottom type, hair, shoes, bag
   and its side, hat, body shape), drawn from small palettes so that no single cue -- and no
   colour histogram -- identifies a person;
-- each image varies pose (walking phase), viewpoint (front/back/side changes what is visible:
-  a logo only from the front, a backpack mostly from the back), box jitter and occlusion;
+- identities come in *families* of look-alikes (`family_size`): members share the outfit's
+  colours and types and differ in one or two attributes (shoe colour, hair, bag or its side,
+  hat, sleeves, a logo), so the nearest wrong match is usually a sibling, as with people in
+  the same uniform;
+- each image varies pose (walking phase, lean, scale), viewpoint (front/back/side changes what is
+  visible: a logo only from the front, a backpack mostly from the back), occlusion by other
+  pedestrians (in front or behind) and by objects, background clutter, and bounding-box
+  misalignment (the detector's box too tight, too loose or shifted);
 - each camera has a style (illumination, colour temperature, gamma/contrast, blur, noise,
   resolution loss, JPEG quality, background scene, viewpoint mix);
 - the target domain has its own cameras with styles the source never shows (night blue cast,
   low resolution, motion blur, CCTV tint) and a shifted clothing distribution.
+
+Version 2 (`SYNTH_VERSION`) made it hard enough that a source model no longer saturates its
+test (docs/RESULTS.md section 2). `info.json` records the version and the generation settings;
+`reid-prune` regenerates a folder whose `info.json` differs from what the settings ask for.
 
 Output is Market-1501 layout (`bounding_box_train/`, `bounding_box_test/`, `query/`, names
 `PPPP_cCsS_FFFFFF_NN.jpg`) plus `manifest.csv` (path,pid,camid,split; camid 0-based as in
@@ -24,13 +34,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import multiprocessing
 import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +96,8 @@ CAMERAS: dict[str, list[CameraStyle]] = {
         CameraStyle(1.05, (1.00, 1.03, 0.97), 1.0, 1.05, 0.0, 0, 3, 0.9, 90, 4, (200, 200, 190), (160, 150, 140), (.5, .2, .15, .15)),
         CameraStyle(0.95, (1.02, 0.98, 1.00), 1.2, 0.95, 0.8, 0, 6, 0.75, 75, 5, (120, 140, 110), (90, 100, 70), (.25, .25, .25, .25)),
         CameraStyle(1.15, (1.00, 1.00, 1.00), 0.85, 1.15, 0.3, 0, 4, 1.0, 88, 6, (210, 220, 230), (170, 170, 175), (.1, .3, .3, .3)),
+        CameraStyle(0.90, (1.00, 0.97, 1.03), 1.05, 1.00, 0.5, 0, 5, 0.85, 82, 7, (140, 150, 160), (100, 95, 90), (.3, .3, .2, .2)),  # overcast
+        CameraStyle(1.05, (1.04, 1.00, 0.96), 0.95, 1.05, 0.2, 0, 4, 0.9, 86, 8, (190, 180, 170), (130, 120, 110), (.2, .4, .2, .2)),  # mall
     ],
     "target": [  # styles the source never shows
         CameraStyle(0.70, (0.80, 0.90, 1.25), 1.10, 0.90, 0.5, 0, 9, 0.75, 70, 11, (30, 35, 70), (40, 40, 55), (.35, .35, .15, .15)),  # night, blue cast
@@ -92,6 +105,7 @@ CAMERAS: dict[str, list[CameraStyle]] = {
         CameraStyle(0.95, (0.92, 1.10, 0.90), 1.05, 0.95, 0.0, 5, 7, 0.85, 65, 13, (90, 120, 90), (70, 90, 70), (.1, .1, .4, .4)),  # CCTV green, motion blur
         CameraStyle(1.20, (1.10, 1.03, 0.82), 0.8, 0.80, 0.7, 0, 6, 0.85, 70, 14, (230, 210, 160), (200, 180, 130), (.4, .3, .15, .15)),  # overexposed warm indoor
         CameraStyle(0.80, (0.85, 0.85, 0.85), 1.0, 1.20, 1.0, 3, 8, 0.65, 60, 15, (60, 60, 65), (50, 50, 50), (.3, .4, .15, .15)),  # grey, blurred, contrasty
+        CameraStyle(0.85, (1.15, 0.95, 0.80), 1.00, 1.05, 0.6, 2, 7, 0.70, 62, 16, (120, 80, 50), (90, 70, 50), (.3, .3, .2, .2)),  # sodium street light
     ],
 }
 
@@ -124,8 +138,12 @@ def _jitter(rng: np.random.Generator, colour, amount: int = 18) -> tuple[int, in
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
-def sample_identity(seed: int, domain: str, pid: int) -> Identity:
-    rng = np.random.default_rng([seed, DOMAINS.index(domain), pid, 7])
+SHOES = [(20, 20, 20), (240, 240, 240), (120, 70, 40), (200, 30, 30), (40, 60, 140)]
+# What tells two members of a look-alike family apart: one or two of these differ.
+FAMILY_DIFFERENCES = ("shoes", "hair", "bag", "bag_side", "hat", "sleeves", "logo")
+
+
+def _base_identity(rng: np.random.Generator, domain: str) -> Identity:
     cloth = CLOTH[domain]
 
     def pick(options, p=None):
@@ -146,13 +164,52 @@ def sample_identity(seed: int, domain: str, pid: int) -> Identity:
         long_sleeves=bool(rng.random() < (0.5 if domain == "source" else 0.75)),
         bottom=_jitter(rng, pick(cloth)),
         bottom_type=pick(BOTTOMS, [0.6, 0.2, 0.2] if domain == "source" else [0.75, 0.05, 0.2]),
-        shoes=_jitter(rng, pick([(20, 20, 20), (240, 240, 240), (120, 70, 40), (200, 30, 30), (40, 60, 140)]), 10),
+        shoes=_jitter(rng, pick(SHOES), 10),
         bag=pick(BAGS, [0.35, 0.25, 0.25, 0.15]),
         bag_side=int(rng.choice([-1, 1])),
         bag_colour=_jitter(rng, pick(cloth)),
         hat=pick(HATS, [0.7, 0.15, 0.15] if domain == "source" else [0.55, 0.15, 0.3]),
         hat_colour=_jitter(rng, pick(cloth)),
     )
+
+
+def _family_member(base: Identity, rng: np.random.Generator, domain: str) -> Identity:
+    """`base` with its body resampled and one or two small attributes changed."""
+    change: dict = {"height": float(np.clip(base.height + rng.normal(0, 0.04), 0.82, 1.0)),
+                    "width": float(np.clip(base.width + rng.normal(0, 0.08), 0.8, 1.2)),
+                    "skin": _jitter(rng, base.skin, 12)}
+    for attribute in rng.choice(FAMILY_DIFFERENCES, size=int(rng.integers(1, 3)), replace=False):
+        if attribute == "shoes":
+            change["shoes"] = _jitter(rng, SHOES[rng.choice(len(SHOES))], 10)
+        elif attribute == "hair":
+            change["hair"] = _jitter(rng, HAIR[rng.choice(len(HAIR))], 10)
+            change["hair_style"] = HAIR_STYLES[rng.choice(len(HAIR_STYLES))]
+        elif attribute == "bag":
+            change["bag"] = BAGS[rng.choice(len(BAGS))]
+        elif attribute == "bag_side":
+            change["bag_side"] = -base.bag_side
+        elif attribute == "hat":
+            change["hat"] = HATS[rng.choice(len(HATS))]
+            change["hat_colour"] = _jitter(rng, CLOTH[domain][rng.choice(len(CLOTH[domain]))])
+        elif attribute == "sleeves":
+            change["long_sleeves"] = not base.long_sleeves
+        else:  # a logo, or another logo shape, on the same top
+            change["pattern"] = "logo"
+            change["logo_shape"] = (base.logo_shape + int(rng.integers(1, 3))) % 3
+    return replace(base, **change)
+
+
+def sample_identity(seed: int, domain: str, pid: int, family_size: int = 1) -> Identity:
+    """Persistent appearance of `pid`: its family's outfit with its own small differences.
+
+    Families are runs of `family_size` consecutive pids ((pid - 1) // family_size), so the
+    planner starts the test identities on a family boundary and no family spans two splits.
+    """
+    family = (pid - 1) // family_size
+    base = _base_identity(np.random.default_rng([seed, DOMAINS.index(domain), family, 7]), domain)
+    if family_size == 1:
+        return base
+    return _family_member(base, np.random.default_rng([seed, DOMAINS.index(domain), pid, 8]), domain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,21 +263,36 @@ def _torso_pattern(layer: Image.Image, box, who: Identity, view: str) -> None:
             draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=c2)
 
 
-def render_person(who: Identity, style: CameraStyle, rng: np.random.Generator) -> Image.Image:
-    """One bounding box of `who` seen by a camera with `style`; per-image randomness from `rng`."""
+@dataclass(frozen=True)
+class Pose:
+    """Where and how a person stands in the box."""
+
+    view: str
+    phase: float  # walking phase: leg and arm swing
+    scale: float  # body height as a share of the box
+    cx: float  # horizontal centre in pixels
+    top_y: float  # head top in pixels
+    lean: float  # degrees, rotation of the whole body
+
+
+def sample_pose(who: Identity, style: CameraStyle, rng: np.random.Generator) -> Pose:
     view = VIEWS[rng.choice(4, p=style.view_mix)]
+    scale = who.height * float(rng.uniform(0.84, 1.08))
+    return Pose(view=view, phase=float(rng.uniform(-1.3, 1.3)), scale=scale,
+                cx=WIDTH / 2 + float(rng.normal(0, 3.5)),
+                top_y=HEIGHT * (1 - scale) * 0.5 + float(rng.normal(2, 3)), lean=float(rng.normal(0, 4)))
+
+
+def draw_person(who: Identity, pose: Pose) -> Image.Image:
+    """`who` in `pose` on a transparent RGBA layer of the box's size."""
+    view, phase, cx, top_y = pose.view, pose.phase, pose.cx, pose.top_y
     side = view in ("left", "right")
-    phase = float(rng.uniform(-1, 1))  # walking phase: leg and arm swing
-    scale = who.height * float(rng.uniform(0.88, 1.06))
-    cx = WIDTH / 2 + float(rng.normal(0, 3.5))
-    top_y = HEIGHT * (1 - scale) * 0.5 + float(rng.normal(2, 3))
-    H = HEIGHT * scale * 0.94
+    H = HEIGHT * pose.scale * 0.94
     half_w = WIDTH * 0.27 * who.width * (0.7 if side else 1.0)
 
     def y(f: float) -> float:
         return top_y + f * H
 
-    img = _background(style, rng)
     person = Image.new("RGBA", (WIDTH, HEIGHT), (0, 0, 0, 0))
     draw = ImageDraw.Draw(person)
     facing = {"left": -1, "right": 1}.get(view, 0)
@@ -318,9 +390,64 @@ def render_person(who: Identity, style: CameraStyle, rng: np.random.Generator) -
     elif who.hat == "beanie":
         draw.ellipse([cx - r - 1, hy0 - 4, cx + r + 1, hy0 + (hy1 - hy0) * 0.55], fill=who.hat_colour + (255,))
 
-    img.paste(person, (0, 0), person)
+    if abs(pose.lean) > 0.5:
+        person = person.rotate(pose.lean, resample=Image.BILINEAR, center=(cx, y(0.95)))
+    return person
 
-    # Partial occlusion: a pole, a passer-by or a car bonnet in front of the person.
+
+def _clutter(img: Image.Image, rng: np.random.Generator) -> None:
+    """Street furniture behind the person: poles, bins, signs, shrubs, in random colours."""
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 5))):
+        colour = tuple(int(c) for c in rng.integers(20, 236, 3))
+        x, kind = int(rng.integers(-8, WIDTH)), int(rng.integers(4))
+        base = int(HEIGHT * rng.uniform(0.6, 0.95))
+        if kind == 0:  # pole
+            draw.rectangle([x, 0, x + int(rng.integers(2, 6)), base], fill=colour)
+        elif kind == 1:  # bin or box
+            w, h = int(rng.integers(8, 18)), int(rng.integers(10, 26))
+            draw.rectangle([x, base - h, x + w, base], fill=colour)
+        elif kind == 2:  # sign on a post
+            draw.rectangle([x + 3, base - 45, x + 5, base], fill=(90, 90, 90))
+            draw.rectangle([x - 4, base - 55, x + 12, base - 42], fill=colour)
+        else:  # shrub
+            r = int(rng.integers(6, 14))
+            draw.ellipse([x - r, base - 2 * r, x + r, base], fill=colour)
+
+
+def _misalign(img: Image.Image, style: CameraStyle, rng: np.random.Generator) -> Image.Image:
+    """A detector's box: too tight or too loose by up to ~15%, and shifted, filled with the ground."""
+    zoom = float(rng.uniform(0.87, 1.15))  # > 1: the box is too loose, the person smaller
+    dx, dy = float(rng.normal(0, 4)), float(rng.normal(0, 5))
+    cx, cy = WIDTH / 2, HEIGHT / 2
+    # output (u, v) samples input (zoom * (u - cx) + cx + dx, zoom * (v - cy) + cy + dy)
+    coefficients = (zoom, 0, cx * (1 - zoom) + dx, 0, zoom, cy * (1 - zoom) + dy)
+    return img.transform((WIDTH, HEIGHT), Image.AFFINE, coefficients, resample=Image.BILINEAR,
+                         fillcolor=style.ground)
+
+
+def render_person(who: Identity, style: CameraStyle, rng: np.random.Generator,
+                  passerby: Identity | None = None) -> Image.Image:
+    """One bounding box of `who` seen by a camera with `style`; per-image randomness from `rng`.
+
+    `passerby`, when given, may walk beside `who`: partly hidden behind, or partly in front.
+    """
+    img = _background(style, rng)
+    _clutter(img, rng)
+    pose = sample_pose(who, style, rng)
+    other = None
+    if passerby is not None and rng.random() < 0.35:
+        offset = float(rng.choice([-1, 1]) * rng.uniform(20, 38))
+        other_pose = replace(sample_pose(passerby, style, rng), cx=pose.cx + offset)
+        other = draw_person(passerby, other_pose), bool(rng.random() < 0.5)
+    if other and not other[1]:
+        img.paste(other[0], (0, 0), other[0])
+    person = draw_person(who, pose)
+    img.paste(person, (0, 0), person)
+    if other and other[1]:
+        img.paste(other[0], (0, 0), other[0])
+
+    # Partial occlusion by an object: a pole, a car bonnet or a railing in front of the person.
     if rng.random() < 0.2:
         odraw = ImageDraw.Draw(img)
         kind = rng.integers(3)
@@ -329,11 +456,12 @@ def render_person(who: Identity, style: CameraStyle, rng: np.random.Generator) -
             x = int(rng.integers(0, WIDTH - 6))
             odraw.rectangle([x, 0, x + int(rng.integers(4, 9)), HEIGHT], fill=colour)
         elif kind == 1:
-            x = int(rng.choice([-1, 1])) * int(rng.integers(20, 34)) + WIDTH // 2
-            odraw.ellipse([x - 16, int(HEIGHT * 0.15), x + 16, HEIGHT + 20], fill=colour)
-        else:
             odraw.rectangle([0, int(HEIGHT * rng.uniform(0.7, 0.85)), WIDTH, HEIGHT], fill=colour)
-    return _apply_camera(img, style, rng)
+        else:
+            top = int(HEIGHT * rng.uniform(0.55, 0.7))
+            for bar in range(top, HEIGHT, 9):
+                odraw.rectangle([0, bar, WIDTH, bar + 2], fill=colour)
+    return _apply_camera(_misalign(img, style, rng), style, rng)
 
 
 def _apply_camera(img: Image.Image, style: CameraStyle, rng: np.random.Generator) -> Image.Image:
@@ -359,6 +487,39 @@ def _apply_camera(img: Image.Image, style: CameraStyle, rng: np.random.Generator
 # Writing a domain in Market-1501 layout
 
 
+SYNTH_VERSION = 2  # bump when rendering changes: folders of another version are regenerated
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What to render for one domain; recorded in the folder's info.json."""
+
+    train_ids: int = 200  # identities for training (the validation split is carved from these)
+    test_ids: int = 800  # identities for query/gallery
+    min_cameras: int = 3  # cameras each identity visits, at least
+    images_per_camera: tuple[int, int] = (1, 4)  # training identities: images per visited camera
+    test_images_per_camera: tuple[int, int] = (2, 2)  # test: one query + the rest gallery, per camera
+    family_size: int = 3  # look-alike identities per family (1: every identity unrelated)
+
+    def check(self) -> None:
+        if self.train_ids < 2 or self.test_ids < 2:
+            raise ValueError(f"need at least 2 training and 2 test identities, got {self.train_ids} and "
+                             f"{self.test_ids}")
+        if self.min_cameras < 2:
+            raise ValueError(f"min_cameras must be >= 2 (ReID matches across cameras), got {self.min_cameras}")
+        if not 1 <= self.images_per_camera[0] <= self.images_per_camera[1]:
+            raise ValueError("images_per_camera must be (low, high) with 1 <= low <= high")
+        if not 2 <= self.test_images_per_camera[0] <= self.test_images_per_camera[1]:
+            raise ValueError("test_images_per_camera must be (low, high) with 2 <= low <= high: "
+                             "a query and at least one gallery image per camera")
+        if self.family_size < 1:
+            raise ValueError(f"family_size must be >= 1, got {self.family_size}")
+
+    def info(self, domain: str, seed: int) -> dict:
+        return {"version": SYNTH_VERSION, "domain": domain, "seed": seed,
+                **{key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}}
+
+
 @dataclass(frozen=True)
 class ImageJob:
     pid: int
@@ -368,72 +529,85 @@ class ImageJob:
     frame: int
 
 
-def plan_domain(domain: str, ids: int, seed: int, min_cameras: int = 2,
-                images_per_camera: tuple[int, int] = (2, 5)) -> list[ImageJob]:
+def pids_for_testing(spec: DomainSpec) -> range:
+    """Test identities start on a family boundary, so no family spans train and test."""
+    first = -(-spec.train_ids // spec.family_size) * spec.family_size + 1
+    return range(first, first + spec.test_ids)
+
+
+def plan_domain(domain: str, spec: DomainSpec, seed: int) -> list[ImageJob]:
     """Which images exist: each identity visits a random subset of the domain's cameras.
 
-    The first half of identities is for training, the second half for testing; for test
-    identities one image per camera becomes a query and the rest go to the gallery
+    Training identities are pids 1..train_ids; test identities follow (see `pids_for_testing`). For a
+    test identity one image per camera becomes a query and the rest go to the gallery
     (Market-1501's rule).
     """
     n_cams = len(CAMERAS[domain])
     rng = np.random.default_rng([seed, DOMAINS.index(domain), 99])
-    n_train = ids // 2
     jobs: list[ImageJob] = []
-    for pid in range(1, ids + 1):
-        visited = sorted(rng.choice(n_cams, size=int(rng.integers(min(min_cameras, n_cams), n_cams + 1)), replace=False))
+    for pid in [*range(1, spec.train_ids + 1), *pids_for_testing(spec)]:
+        is_test = pid > spec.train_ids
+        low, high = spec.test_images_per_camera if is_test else spec.images_per_camera
+        visited = sorted(rng.choice(n_cams, size=int(rng.integers(min(spec.min_cameras, n_cams), n_cams + 1)),
+                                    replace=False))
         for cam in visited:
-            count = int(rng.integers(images_per_camera[0], images_per_camera[1] + 1))
-            if pid > n_train:
-                count = max(count, 2)  # a query and at least one gallery image per camera
+            count = int(rng.integers(low, high + 1))
             for index in range(count):
-                split = "train" if pid <= n_train else ("query" if index == 0 else "gallery")
+                split = "query" if is_test and index == 0 else "gallery" if is_test else "train"
                 jobs.append(ImageJob(pid, int(cam), index, split, int(rng.integers(0, 999999))))
     return jobs
 
 
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+PASSERBY_PIDS = 1_000_000  # passers-by are identities outside the dataset's pids
 
 
 def image_name(job: ImageJob) -> str:
     return f"{job.pid:04d}_c{job.cam + 1}s1_{job.frame:06d}_{job.index + 1:02d}.jpg"
 
 
-def _render_job(args: tuple[int, str, ImageJob]) -> bytes:
-    seed, domain, job = args
-    who = sample_identity(seed, domain, job.pid)
+def _render_job(args: tuple[int, str, int, ImageJob]) -> bytes:
+    seed, domain, family_size, job = args
+    who = sample_identity(seed, domain, job.pid, family_size)
     style = CAMERAS[domain][job.cam]
     rng = np.random.default_rng([seed, DOMAINS.index(domain), job.pid, job.cam, job.index])
-    img = render_person(who, style, rng)
+    passerby = sample_identity(seed, domain, PASSERBY_PIDS + int(rng.integers(PASSERBY_PIDS)))
+    img = render_person(who, style, rng, passerby)
     buffer = io.BytesIO()
     img.save(buffer, format="JPEG", quality=style.jpeg)
     return buffer.getvalue()
 
 
-def generate_domain(out: str | Path, domain: str, seed: int = 0, ids: int = 300, min_cameras: int = 2,
-                    images_per_camera: tuple[int, int] = (2, 5), workers: int = 2) -> Path:
-    """Render a whole domain into `out` (Market-1501 layout + manifest.csv).
+def read_info(folder: str | Path) -> dict | None:
+    """The generation record of a rendered folder, or None when there is none."""
+    path = Path(folder) / "info.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def generate_domain(out: str | Path, domain: str, seed: int = 0, spec: DomainSpec = DomainSpec(),
+                    workers: int = 2) -> Path:
+    """Render a whole domain into `out` (Market-1501 layout + manifest.csv + info.json).
 
     Written into a temporary sibling folder and renamed at the end, so a crash never leaves a
     half-written dataset behind.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; valid: {', '.join(DOMAINS)}")
-    if ids < 4:
-        raise ValueError(f"--ids must be >= 4 (half train, half test), got {ids}")
-    if min_cameras < 2 or not 1 <= images_per_camera[0] <= images_per_camera[1]:
-        raise ValueError("need min_cameras >= 2 and images_per_camera = (low, high) with 1 <= low <= high")
+    spec.check()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "manifest.csv").is_file():
         raise ValueError(f"{out} exists and is not a generated dataset (no manifest.csv); "
                          "choose an empty or new folder")
-    jobs = plan_domain(domain, ids, seed, min_cameras, tuple(images_per_camera))
+    jobs = plan_domain(domain, spec, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for folder in SPLIT_DIRS.values():
             (staging / folder).mkdir()
-        tasks = [(seed, domain, job) for job in jobs]
+        tasks = [(seed, domain, spec.family_size, job) for job in jobs]
         if workers > 1:
             # spawn, not fork: forking a process that already runs torch threads can hang.
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -449,6 +623,7 @@ def generate_domain(out: str | Path, domain: str, seed: int = 0, ids: int = 300,
             writer = csv.writer(handle)
             writer.writerow(["path", "pid", "camid", "split"])
             writer.writerows(rows)
+        (staging / "info.json").write_text(json.dumps(spec.info(domain, seed), indent=2) + "\n")
         staging.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             shutil.rmtree(out)
@@ -456,5 +631,6 @@ def generate_domain(out: str | Path, domain: str, seed: int = 0, ids: int = 300,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %d images of %d identities (%s domain) to %s", len(jobs), ids, domain, out)
+    log.info("wrote %d images of %d + %d identities (%s domain) to %s", len(jobs), spec.train_ids, spec.test_ids,
+             domain, out)
     return out
