@@ -83,9 +83,10 @@ def calibrate(profile: str, params: str, overrides: list[str]) -> dict:
               "source_val_ids": len({pid for _, pid, _ in source.val_query + source.val_gallery}),
               "train_images_per_s": round(sum(r["images_per_s"] for r in history) / len(history), 1),
               "seconds": round(time.perf_counter() - began, 1)}
-    for name, metrics in {"source": a, "plain_recipe_source": e, "direct_target": b, "target_supervised": c,
-                          "color_hist_target": d, "color_hist_source": d_source,
-                          "source_val": a_val, "plain_recipe_source_val": e_val, "target_supervised_val": c_val}.items():
+    measured = {"source": a, "plain_recipe_source": e, "direct_target": b, "target_supervised": c,
+                "color_hist_target": d, "color_hist_source": d_source,
+                "source_val": a_val, "plain_recipe_source_val": e_val, "target_supervised_val": c_val}
+    for name, metrics in measured.items():
         result[f"{name}_rank1"] = round(float(metrics["rank1"]), 4)
         result[f"{name}_mAP"] = round(float(metrics["mAP"]), 4)
     low, high = GOALS["source_rank1"]

@@ -193,7 +193,7 @@ def synth(domain: Annotated[str, typer.Option(help="source | target")],
           seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
           train_ids: Annotated[int, typer.Option(help="training identities")] = 200,
           test_ids: Annotated[int, typer.Option(help="test identities (query/gallery)")] = 800,
-          family_size: Annotated[int, typer.Option(help="look-alike identities per family")] = 3,
+          family_size: Annotated[int, typer.Option(help="look-alike identities per family")] = 2,
           workers: Annotated[int, typer.Option(help="rendering processes")] = 2) -> None:
     """Render a synthetic multi-camera ReID domain (benchmark v2; params.yaml's data.synth sizes the pipeline's)."""
     from reid_models.data.synth import DomainSpec, generate_domain

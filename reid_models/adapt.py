@@ -147,7 +147,7 @@ def adapt_supervised(model, target_train, recipe, device: torch.device, seed: in
     """Fine-tune on labelled target identities: a new classifier, a slower backbone."""
     from reid_models.train import train_model
 
-    model.reset_classifier(int(target_train.labels.max()) + 1)
+    model.reset_classifier(int(target_train.labels.max()) + 1, generator=torch.Generator().manual_seed(seed))
     return train_model(model, target_train, recipe, device, seed=seed, backbone_lr_scale=backbone_lr_scale,
                        **train_options)
 
@@ -188,7 +188,7 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                           target_train.camids[kept], target_train.transform)
         if on_labels:
             on_labels(subset)
-        model.reset_classifier(report["clusters"])
+        model.reset_classifier(report["clusters"], generator=torch.Generator().manual_seed(seed * 1000 + round_index))
         offset = done
         hook = (lambda epoch, offset=offset: epoch_hook(offset + epoch)) if epoch_hook else None
         checkpoint = Path(checkpoint_dir) / f"round_{round_index}.pt" if checkpoint_dir else None

@@ -43,7 +43,8 @@ class SynthSettings(Section):
     min_cameras: int = Field(3, ge=2, description="cameras each identity visits, at least")
     images_per_camera: tuple[int, int] = (1, 4)
     test_images_per_camera: tuple[int, int] = (2, 2)
-    family_size: int = Field(3, ge=1, description="look-alike identities per family (1: unrelated)")
+    family_size: int = Field(2, ge=1, description="look-alike identities per family (1: unrelated)")
+    family_changes: int = Field(3, ge=1, description="visible attributes in which family members differ")
     workers: int = Field(2, ge=1)
 
     @field_validator("images_per_camera", "test_images_per_camera")
@@ -61,7 +62,8 @@ class SynthSettings(Section):
 
         return DomainSpec(train_ids=self.train_ids, test_ids=self.source_test_ids if domain == "source" else
                           self.test_ids, min_cameras=self.min_cameras, images_per_camera=self.images_per_camera,
-                          test_images_per_camera=self.test_images_per_camera, family_size=self.family_size)
+                          test_images_per_camera=self.test_images_per_camera, family_size=self.family_size,
+                          family_changes=self.family_changes)
 
 
 class DataSettings(Section):
@@ -259,7 +261,8 @@ class OrchestrationSettings(Section):
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(1, ge=1, description="threads: scenarios at once; dask: LocalCluster worker processes")
     dask_address: str | None = Field(None, description="an existing scheduler, e.g. tcp://10.0.0.5:8786")
-    torch_threads: int = Field(0, ge=0, description="per scenario task; 0: all cores shared among the workers")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per scenario task, whatever `workers` is: "
+                               "another count sums in another order and gives other results")
 
     @field_validator("dask_address")
     @classmethod

@@ -72,11 +72,13 @@ class ReIDNet(nn.Module):
             return embedding
         return ReIDOutput(features=pooled, logits=self.classifier(embedding))
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, generator: torch.Generator | None = None) -> None:
         """A new identity head, e.g. for fine-tuning on another domain's identities. It goes on the
-        model's device (initialised on the CPU first, so CPU and CUDA runs start from the same head)."""
+        model's device (initialised on the CPU first, so CPU and CUDA runs start from the same head).
+        Its weights are drawn from `generator` (torch's global RNG without one; code that runs
+        beside other scenarios passes its own, as the global RNG is shared by every thread)."""
         classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
-        nn.init.normal_(classifier.weight, std=0.001)
+        nn.init.normal_(classifier.weight, std=0.001, generator=generator)
         self.classifier = classifier.to(next(self.parameters()).device)
 
 

@@ -90,9 +90,11 @@ def expand_grid(settings: Settings) -> list[Scenario]:
 # small_dense: the same architecture family, thinner, trained from scratch
 
 
-def thin_dense_model(name: str, flops_reduction: float, num_classes: int, height: int, width: int) -> ReIDNet:
+def thin_dense_model(name: str, flops_reduction: float, num_classes: int, height: int, width: int,
+                     generator: torch.Generator | None = None) -> ReIDNet:
     """`name` with every channel group narrowed uniformly until it has (1 - reduction) of the
-    FLOPs, then freshly initialised (torchreid's scheme): a small dense network, not a pruned one."""
+    FLOPs, then freshly initialised (torchreid's scheme) from `generator`: a small dense network,
+    not a pruned one."""
     model = ReIDNet(name, num_classes=num_classes)
     graph = ChannelGraph(model, height, width)
     groups = graph.filter_groups()
@@ -100,14 +102,14 @@ def thin_dense_model(name: str, flops_reduction: float, num_classes: int, height
     graph.remove_channels({group.name: list(range(counts[group.name])) for group in groups})
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
             module.reset_running_stats()
-    model.reset_classifier(num_classes)
+    model.reset_classifier(num_classes, generator=generator)
     return model
 
 
@@ -117,8 +119,8 @@ def pretrain_small_dense(settings: Settings, flops_reduction: float, out_dir: st
     model_path = Path(out_dir) / "model.pt"
     if model_path.is_file():  # the pretraining resumes from last.pt; a finished one is reused
         return str(model_path)
-    torch.manual_seed(settings.seed)
-    thin = thin_dense_model(settings.pretrain.model, flops_reduction, 2, settings.data.height, settings.data.width)
+    thin = thin_dense_model(settings.pretrain.model, flops_reduction, 2, settings.data.height, settings.data.width,
+                            generator=torch.Generator().manual_seed(settings.seed))
     return pretrain(settings, out_dir, on_epoch=on_epoch, model=thin)["checkpoint"]
 
 
@@ -139,7 +141,8 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
                 "prune": settings.prune.model_dump(mode="json"), "adapt": settings.adapt.model_dump(mode="json"),
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),
-                "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device}
+                "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device,
+                "torch_threads": torch.get_num_threads()}  # sums in another order: other float results
     if scenario.name in RECIPE_REVISION:
         relevant["revision"] = RECIPE_REVISION[scenario.name]
     digest.update(json.dumps(relevant, sort_keys=True).encode())
@@ -156,6 +159,7 @@ class ScenarioRun:
         self.device = resolve_device(settings.device)
         self.height, self.width = settings.data.height, settings.data.width
         self.model: ReIDNet | None = None
+        self.generator: torch.Generator | None = None  # the running step's (new identity heads)
         self.steps: list[dict] = []  # per step: name, epochs, images, history
         self._images: dict[str, ImageSet] = {}
 
@@ -192,7 +196,9 @@ class ScenarioRun:
             history = payload["history"]
             log.info("%s: step %d (%s) already done", self.scenario.key, index, name)
         else:
-            torch.manual_seed(self.scenario.seed * 7919 + index)
+            # The step's own generator (new identity heads): never torch's global RNG, which
+            # scenarios running in other threads share.
+            self.generator = torch.Generator().manual_seed(self.scenario.seed * 7919 + index)
             history = run(step_dir)
             self.model.cpu()
             save_checkpoint(saved, model_payload(self.model, self.settings, history, step=name))
@@ -231,7 +237,7 @@ class ScenarioRun:
 
             def on_labels(train_set: ImageSet) -> None:
                 # A new head per round (pseudo-identities change), so the channel graph is rebuilt.
-                model.reset_classifier(int(train_set.labels.max()) + 1)
+                model.reset_classifier(int(train_set.labels.max()) + 1, generator=self.generator)
                 if pruner is not None:
                     pruner.selector = selector_for(train_set)
 
@@ -329,6 +335,7 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
            "images_seen": sum(step["images"] for step in run.steps),
            "epochs": sum(step["epochs"] for step in run.steps),
            "steps": "+".join(step["name"] for step in run.steps) or "none",
+           "torch_threads": torch.get_num_threads(),
            "seconds": time.perf_counter() - began, "result_dir": str(out_dir)}
     save_json(out_dir / "steps.json", run.steps)
     save_json(out_dir / "result.json", row)

@@ -84,11 +84,11 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
     device = resolve_device(settings.device)
     images = training_images(load_domain(data.source, data), data, train_settings.augment)
     num_ids = int(images.labels.max()) + 1
-    torch.manual_seed(settings.seed)
     if model is None:
+        torch.manual_seed(settings.seed)  # torchreid initialises from the global RNG: pretrain runs alone
         model = ReIDNet(train_settings.model, num_classes=num_ids)
-    else:
-        model.reset_classifier(num_ids)
+    else:  # pretrain.init's backbone, or small_dense's thin network (pretrained beside running scenarios)
+        model.reset_classifier(num_ids, generator=torch.Generator().manual_seed(settings.seed))
     if init_report:
         save_json(out_dir / "init_report.json", init_report)
     began = time.perf_counter()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
 from reid_models.config import TrainRecipe
-from reid_models.data.loading import IdentityBatchSampler, ImageSet
+from reid_models.data.loading import IdentityBatchSampler, ImageSet, SeededBatches
 from reid_models.models import ReIDNet
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,10 @@ def train_model(
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
     sampler = IdentityBatchSampler(train_set.labels.tolist(), settings.ids_per_batch, settings.images_per_id, seed,
                                    settings.batches_per_epoch)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=settings.num_workers)
+    # Batches and augmentations are functions of (seed, epoch): nothing is drawn from torch's
+    # process-wide RNG, which other scenarios running in threads draw from too.
+    loader = DataLoader(train_set, batch_sampler=SeededBatches(sampler), num_workers=settings.num_workers,
+                        generator=torch.Generator().manual_seed(seed))
     fingerprint = _fingerprint(settings, seed, train_set, model)
     history: list[dict] = []
     start = 0
@@ -122,7 +125,6 @@ def train_model(
             log.warning("ignoring %s: it was written with other settings; training from scratch", checkpoint_path)
 
     for epoch in range(start, settings.epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # augmentation randomness, reproducible per epoch
         sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch, settings)

@@ -10,7 +10,6 @@ files it wrote are gone (`outputs_present`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -50,9 +49,9 @@ def finished_rows(settings: Settings) -> list[dict]:
 
 
 def limit_threads(settings: Settings) -> None:
-    """Scenario tasks running side by side share the cores instead of each taking all of them."""
-    chosen = settings.orchestration.torch_threads or max(1, (os.cpu_count() or 1) // settings.orchestration.workers)
-    torch.set_num_threads(chosen)
+    """The task's torch intra-op threads: a fixed count, not the cores divided among the workers,
+    since results change with it (sums split across threads add up in another order)."""
+    torch.set_num_threads(settings.orchestration.torch_threads)
 
 
 @task(name="pretrain-small-dense", retries=1, retry_condition_fn=transient, cache_policy=SCENARIO_CACHE)
@@ -87,7 +86,8 @@ def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkp
     with tracked_run(settings, scenario.key, parent_run_id=parent_run_id) as tracker:
         tracker.params({"scenario": scenario.name, "criterion": scenario.criterion,
                         "flops_reduction": scenario.flops_reduction, "adaptation": scenario.adaptation,
-                        "seed": scenario.seed, "budget": settings.scenarios.model_dump(
+                        "seed": scenario.seed, "torch_threads": torch.get_num_threads(),
+                        "budget": settings.scenarios.model_dump(
                             mode="json", include={"epochs", "prune_epochs", "batches_per_epoch"}),
                         "prune": settings.prune.model_dump(mode="json"), "adapt": settings.adapt.model_dump(mode="json")})
         step = iter(range(1, 10_000))  # one curve across the scenario's steps

@@ -12,7 +12,8 @@ def test_scenarios_run_in_parallel_worker_processes_and_every_run_is_tracked(pre
     from flows.prune_adapt import prune_adapt
 
     overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "orchestration.task_runner=dask",
-                                "orchestration.workers=2", "scenarios.names=[adapt_only,prune_during]")
+                                "orchestration.workers=2", "orchestration.torch_threads=1",
+                                "scenarios.names=[adapt_only,prune_during]")
     result = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
     assert len(result["rows"]) == 4  # 2 scenarios x supervised, unsupervised
 

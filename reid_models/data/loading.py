@@ -8,6 +8,7 @@ a CPU core every epoch.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -35,17 +36,47 @@ def load_images(paths: Sequence[str], height: int, width: int, progress: bool = 
     return images
 
 
-def train_transform(height: int, width: int, flip: bool, pad_crop: int, erasing: float) -> v2.Compose:
-    steps: list = []
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if pad_crop:
-        steps += [v2.Pad(pad_crop), v2.RandomCrop((height, width))]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if erasing:
-        # Random erasing fills with zeros, i.e. the dataset mean after normalisation.
-        steps.append(v2.RandomErasing(p=erasing, value=0))
-    return v2.Compose(steps)
+class TrainAugment:
+    """Flip, pad-crop and random erasing (torchvision's defaults), then normalisation, of one
+    uint8 image. Every random draw comes from the generator passed in, never from torch's
+    process-wide RNG: scenarios running in threads share that one, and reseeding or drawing from
+    it in one thread would change another's augmentations."""
+
+    def __init__(self, height: int, width: int, flip: bool, pad_crop: int, erasing: float) -> None:
+        self.height, self.width, self.flip, self.pad_crop, self.erasing = height, width, flip, pad_crop, erasing
+        self.normalise = test_transform()
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        def uniform(low: float = 0.0, high: float = 1.0) -> float:
+            return low + (high - low) * float(torch.rand((), generator=generator))
+
+        def below(bound: int) -> int:
+            return int(torch.randint(bound, (), generator=generator))
+
+        if self.flip and uniform() < 0.5:
+            image = image.flip(-1)
+        if self.pad_crop:
+            padded = torch.nn.functional.pad(image, [self.pad_crop] * 4)
+            top = below(padded.shape[1] - self.height + 1)
+            left = below(padded.shape[2] - self.width + 1)
+            image = padded[:, top:top + self.height, left:left + self.width]
+        image = self.normalise(image)
+        if self.erasing and uniform() < self.erasing:
+            # Zeros: the dataset mean after normalisation. Area 2-33%, aspect 0.3-3.3, 10 tries.
+            _, height, width = image.shape
+            for _ in range(10):
+                area = height * width * uniform(0.02, 0.33)
+                aspect = math.exp(uniform(math.log(0.3), math.log(3.3)))
+                h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                if h < height and w < width:
+                    top, left = below(height - h + 1), below(width - w + 1)
+                    image[:, top:top + h, left:left + w] = 0
+                    break
+        return image
+
+
+def train_transform(height: int, width: int, flip: bool, pad_crop: int, erasing: float) -> TrainAugment:
+    return TrainAugment(height, width, flip, pad_crop, erasing)
 
 
 def test_transform() -> v2.Compose:
@@ -69,8 +100,16 @@ class ImageSet(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.images[index]), self.labels[index], self.camids[index]
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key`: an index, or (index, augmentation seed) as `SeededBatches` yields. A random
+        transform draws from a generator of that seed (of the index when none is given)."""
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        image = self.images[index]
+        if isinstance(self.transform, TrainAugment):
+            image = self.transform(image, torch.Generator().manual_seed(int(seed)))
+        else:
+            image = self.transform(image)
+        return image, self.labels[index], self.camids[index]
 
 
 def relabel(pids: Sequence[int]) -> list[int]:
@@ -131,3 +170,20 @@ class IdentityBatchSampler(Sampler[list[int]]):
             for label in rng.choice(available, self.p, replace=False):
                 batch += chunks[int(label)].pop()
             yield batch
+
+
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """An identity batch sampler's batches with an augmentation seed beside every index, drawn
+    from (sampler seed, epoch) alone: augmentations are then the same whatever else runs in the
+    process, and a run resumed at epoch e sees the ones it would have seen."""
+
+    def __init__(self, batches: IdentityBatchSampler) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.batches.seed, self.batches.epoch, 1])
+        for batch in self.batches:
+            yield list(zip(batch, rng.integers(0, 2**63 - 1, len(batch)).tolist()))

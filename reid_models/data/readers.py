@@ -92,26 +92,24 @@ class ReIDSplits:
         raise ValueError(f"unknown split {split!r}; valid: test, val")
 
 
-# A fixed draw, independent of the run's seed: every seed and every setting is tuned on the same
-# validation identities, and trains on the same others.
-VALIDATION_SEED = 20_240_531
-
-
 def hold_out_validation(splits: ReIDSplits, share: float) -> ReIDSplits:
     """Move `share` of the training identities into a validation query/gallery.
 
-    Market-1501's rule on them: the first image of each (identity, camera) is a query, the rest
-    gallery. An identity seen by one camera only cannot be a query; its images stay as gallery
-    distractors. At least 2 identities remain for training.
+    The held-out identities are those with the highest pids: a fixed choice, the same for every
+    seed and setting, and one that keeps the synthetic benchmark's look-alike families (runs of
+    consecutive pids) together, so validation, like the test split, ranks people against their
+    look-alikes. Market-1501's rule on them: the first image of each (identity, camera) is a
+    query, the rest gallery. An identity seen by one camera only cannot be a query; its images
+    stay as gallery distractors. At least 2 identities remain for training.
     """
     if share <= 0:
         return splits
-    pids = np.array(sorted({pid for _, pid, _ in splits.train}))
+    pids = sorted({pid for _, pid, _ in splits.train})
     count = min(max(1, round(share * len(pids))), len(pids) - 2)
     if count < 1:
         raise DataError(f"{splits.root}: {len(pids)} training identities are too few to hold out a validation "
                         "split; add identities or set data.val_share: 0")
-    held = {int(pid) for pid in np.random.default_rng(VALIDATION_SEED).permutation(pids)[:count]}
+    held = set(pids[-count:])
     cameras: dict[int, set[int]] = defaultdict(set)
     for _, pid, cam in splits.train:
         cameras[pid].add(cam)

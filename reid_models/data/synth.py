@@ -8,9 +8,9 @@ ReID is hard*:
   and its side, hat, body shape), drawn from small palettes so that no single cue -- and no
   colour histogram -- identifies a person;
 - identities come in *families* of look-alikes (`family_size`): members share the outfit's
-  colours and types and differ in one or two attributes (shoe colour, hair, bag or its side,
-  hat, sleeves, a logo), so the nearest wrong match is usually a sibling, as with people in
-  the same uniform;
+  colours and types and differ in a few visible attributes (`family_changes` of: shoe colour,
+  hair, bag or its side, hat, sleeves, a logo), so the nearest wrong match is usually a
+  sibling, as with people in the same uniform;
 - each image varies pose (walking phase, lean, scale), viewpoint (front/back/side changes what is
   visible: a logo only from the front, a backpack mostly from the back), occlusion by other
   pedestrians (in front or behind) and by objects, background clutter, and bounding-box
@@ -173,33 +173,46 @@ def _base_identity(rng: np.random.Generator, domain: str) -> Identity:
     )
 
 
-def _family_member(base: Identity, rng: np.random.Generator, domain: str) -> Identity:
-    """`base` with its body resampled and one or two small attributes changed."""
+def _family_member(base: Identity, rng: np.random.Generator, domain: str, changes: int) -> Identity:
+    """`base` with its body resampled and `changes` small attributes changed, each visibly: a
+    bag side only when there is a bag to carry, a new hat or bag of another kind, shoes or hair
+    of another colour."""
+
+    def other(options, current):
+        return [o for o in options if o != current][rng.choice(len(options) - 1)]
+
+    def far_colour(palette, current, amount):
+        colours = [c for c in palette if sum(abs(a - b) for a, b in zip(c, current)) > 90] or palette
+        return _jitter(rng, colours[rng.choice(len(colours))], amount)
+
     change: dict = {"height": float(np.clip(base.height + rng.normal(0, 0.04), 0.82, 1.0)),
                     "width": float(np.clip(base.width + rng.normal(0, 0.08), 0.8, 1.2)),
                     "skin": _jitter(rng, base.skin, 12)}
-    for attribute in rng.choice(FAMILY_DIFFERENCES, size=int(rng.integers(1, 3)), replace=False):
+    possible = [a for a in FAMILY_DIFFERENCES if a != "bag_side" or base.bag in ("shoulder", "handbag")]
+    for attribute in rng.choice(possible, size=min(changes, len(possible)), replace=False):
         if attribute == "shoes":
-            change["shoes"] = _jitter(rng, SHOES[rng.choice(len(SHOES))], 10)
+            change["shoes"] = far_colour(SHOES, base.shoes, 10)
         elif attribute == "hair":
-            change["hair"] = _jitter(rng, HAIR[rng.choice(len(HAIR))], 10)
-            change["hair_style"] = HAIR_STYLES[rng.choice(len(HAIR_STYLES))]
+            change["hair"] = far_colour(HAIR, base.hair, 10)
+            change["hair_style"] = other(HAIR_STYLES[:2], base.hair_style) if base.hair_style in HAIR_STYLES[:2] \
+                else base.hair_style
         elif attribute == "bag":
-            change["bag"] = BAGS[rng.choice(len(BAGS))]
+            change["bag"] = other(BAGS, base.bag)
         elif attribute == "bag_side":
             change["bag_side"] = -base.bag_side
         elif attribute == "hat":
-            change["hat"] = HATS[rng.choice(len(HATS))]
+            change["hat"] = other(HATS, base.hat)
             change["hat_colour"] = _jitter(rng, CLOTH[domain][rng.choice(len(CLOTH[domain]))])
         elif attribute == "sleeves":
             change["long_sleeves"] = not base.long_sleeves
-        else:  # a logo, or another logo shape, on the same top
+        else:  # a chest logo on a top without one, or another logo shape
             change["pattern"] = "logo"
-            change["logo_shape"] = (base.logo_shape + int(rng.integers(1, 3))) % 3
+            change["logo_shape"] = (base.logo_shape + int(rng.integers(1, 3))) % 3 if base.pattern == "logo" \
+                else base.logo_shape
     return replace(base, **change)
 
 
-def sample_identity(seed: int, domain: str, pid: int, family_size: int = 1) -> Identity:
+def sample_identity(seed: int, domain: str, pid: int, family_size: int = 1, changes: int = 3) -> Identity:
     """Persistent appearance of `pid`: its family's outfit with its own small differences.
 
     Families are runs of `family_size` consecutive pids ((pid - 1) // family_size), so the
@@ -209,7 +222,7 @@ def sample_identity(seed: int, domain: str, pid: int, family_size: int = 1) -> I
     base = _base_identity(np.random.default_rng([seed, DOMAINS.index(domain), family, 7]), domain)
     if family_size == 1:
         return base
-    return _family_member(base, np.random.default_rng([seed, DOMAINS.index(domain), pid, 8]), domain)
+    return _family_member(base, np.random.default_rng([seed, DOMAINS.index(domain), pid, 8]), domain, changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +512,8 @@ class DomainSpec:
     min_cameras: int = 3  # cameras each identity visits, at least
     images_per_camera: tuple[int, int] = (1, 4)  # training identities: images per visited camera
     test_images_per_camera: tuple[int, int] = (2, 2)  # test: one query + the rest gallery, per camera
-    family_size: int = 3  # look-alike identities per family (1: every identity unrelated)
+    family_size: int = 2  # look-alike identities per family (1: every identity unrelated)
+    family_changes: int = 3  # visible attributes in which a member differs from its family's outfit
 
     def check(self) -> None:
         if self.train_ids < 2 or self.test_ids < 2:
@@ -512,8 +526,9 @@ class DomainSpec:
         if not 2 <= self.test_images_per_camera[0] <= self.test_images_per_camera[1]:
             raise ValueError("test_images_per_camera must be (low, high) with 2 <= low <= high: "
                              "a query and at least one gallery image per camera")
-        if self.family_size < 1:
-            raise ValueError(f"family_size must be >= 1, got {self.family_size}")
+        if self.family_size < 1 or self.family_changes < 1:
+            raise ValueError(f"family_size and family_changes must be >= 1, got {self.family_size} and "
+                             f"{self.family_changes}")
 
     def info(self, domain: str, seed: int) -> dict:
         return {"version": SYNTH_VERSION, "domain": domain, "seed": seed,
@@ -566,9 +581,9 @@ def image_name(job: ImageJob) -> str:
     return f"{job.pid:04d}_c{job.cam + 1}s1_{job.frame:06d}_{job.index + 1:02d}.jpg"
 
 
-def _render_job(args: tuple[int, str, int, ImageJob]) -> bytes:
-    seed, domain, family_size, job = args
-    who = sample_identity(seed, domain, job.pid, family_size)
+def _render_job(args: tuple[int, str, DomainSpec, ImageJob]) -> bytes:
+    seed, domain, spec, job = args
+    who = sample_identity(seed, domain, job.pid, spec.family_size, spec.family_changes)
     style = CAMERAS[domain][job.cam]
     rng = np.random.default_rng([seed, DOMAINS.index(domain), job.pid, job.cam, job.index])
     passerby = sample_identity(seed, domain, PASSERBY_PIDS + int(rng.integers(PASSERBY_PIDS)))
@@ -607,7 +622,7 @@ def generate_domain(out: str | Path, domain: str, seed: int = 0, spec: DomainSpe
     try:
         for folder in SPLIT_DIRS.values():
             (staging / folder).mkdir()
-        tasks = [(seed, domain, spec.family_size, job) for job in jobs]
+        tasks = [(seed, domain, spec, job) for job in jobs]
         if workers > 1:
             # spawn, not fork: forking a process that already runs torch threads can hang.
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
