@@ -14,8 +14,8 @@ def test_default_and_quick_profiles_load():
 
 
 def test_override_changes_one_key_and_parses_types():
-    settings = load_settings(PARAMS, overrides=["pretrain.epochs=3", "data.skip_corrupt=true"])
-    assert settings.pretrain.epochs == 3
+    settings = load_settings(PARAMS, overrides=["pretrain.epochs=7", "data.skip_corrupt=true"])
+    assert settings.pretrain.epochs == 7
     assert settings.data.skip_corrupt is True
     assert settings.pretrain.lr == load_settings(PARAMS).pretrain.lr
 
