@@ -12,12 +12,12 @@ test split. `adapt.train.lr` is the new identity head's rate, the backbone learn
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
 
+from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.checkpoint import save_json
 from reid_models.config import load_settings
@@ -43,10 +43,7 @@ def adapt_and_score(settings, source_checkpoint: str, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__)
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help=f"of: {', '.join(CANDIDATES)}")
     parser.add_argument("--json", type=Path, help="write the result here (after every candidate)")
     args = parser.parse_args()

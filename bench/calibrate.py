@@ -15,13 +15,13 @@ reported beside the test figures; nothing is chosen here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
 
 from bench.recipes import recipe_settings, train_recipe
+from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.checkpoint import save_json
 from reid_models.config import load_settings
@@ -103,10 +103,7 @@ def calibrate(profile: str, params: str, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__)
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -27,7 +27,6 @@ Everything it writes stays under outputs/bench/orchestration/ (its own MLflow DB
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ os.environ["PREFECT_HOME"] = str(ROOT / "prefect")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from bench.scenarios import run_seed  # noqa: E402
+from bench.settings_cli import settings_parser  # noqa: E402
 from reid_models import stages  # noqa: E402
 from reid_models.checkpoint import save_json  # noqa: E402
 from reid_models.config import Settings, load_settings  # noqa: E402
@@ -126,10 +126,7 @@ class Bench:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__, default_profile="quick")
     parser.add_argument("--repeats", type=int, default=3, help="warm core/flow pairs for the overhead")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help=f"keep the runs' outputs in {ROOT} (several GB)")

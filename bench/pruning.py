@@ -20,7 +20,6 @@ a list) as `X_comparisons.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench.scenarios import comparisons_path, seed_overrides
+from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.complexity import measure
 from reid_models.config import load_settings
@@ -168,10 +168,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__)
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--reductions", default=",".join(map(str, REDUCTIONS)))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each pretrains its own source model")
@@ -200,8 +197,7 @@ def main() -> None:
     if comparisons:
         print("each criterion vs PLFP, paired over seeds (points, 95% interval over seeds and query identities):")
     for comparison in comparisons:
-        winner = comparison["a"] if comparison["verdict"] == "A better" else comparison["b"]
-        print(format_comparison(comparison) + (f" ({winner} better)" if comparison["resolved"] else ""))
+        print(format_comparison(comparison))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ docs/RESULTS.md section 2 and ../shared/REFERENCES.md section 7.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
 
+from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.checkpoint import save_json
 from reid_models.config import Settings, load_settings
@@ -66,10 +66,7 @@ def score_on_validation(settings: Settings, checkpoint: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
     parser.add_argument("--json", type=Path, help="write the result here (after every recipe)")
     args = parser.parse_args()

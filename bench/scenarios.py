@@ -17,12 +17,12 @@ before) and `X_comparisons.json` the comparisons (a list of `stats.COMPARISON_CO
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
 from pathlib import Path
 
+from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.config import Settings, load_settings
 from reid_models.report import load_comparisons, save_results
@@ -77,9 +77,7 @@ def mean_rank1(rows: list[dict], **match) -> float | None:
 
 def _claim(comparison: dict) -> str:
     """`A vs B +1.2 [-0.3, +2.7]: A better` (resolved) or `...: not resolved` (rank-1 points)."""
-    verdict = comparison["verdict"]
-    if comparison["resolved"]:
-        verdict = f"{comparison['a'] if verdict == 'A better' else comparison['b']} better"
+    verdict = f"{comparison['winner']} better" if comparison["resolved"] else "not resolved"
     return (f"{comparison['comparison']} {100 * comparison['diff']:+.1f} [{100 * comparison['ci_low']:+.1f}, "
             f"{100 * comparison['ci_high']:+.1f}]: {verdict}")
 
@@ -90,7 +88,7 @@ def _stage_winner(stage_comparisons: list[dict]) -> str | None:
     for label in sorted(labels):
         involved = [c for c in stage_comparisons if label in (c["a"], c["b"])]
         if len(involved) == len(labels) - 1 and all(
-                c["resolved"] and (c["a"] == label) == (c["verdict"] == "A better") for c in involved):
+                c["resolved"] and c["winner"] == label for c in involved):
             return label
     return None
 
@@ -135,10 +133,7 @@ def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY.PATH=VALUE")
+    parser = settings_parser(__doc__)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each reruns the whole pipeline")
     parser.add_argument("--json", type=Path, help="write the rows here (after every seed), the paired comparisons "
                                                   "beside it as <stem>_comparisons.json")

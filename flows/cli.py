@@ -105,7 +105,7 @@ def _comparisons_table(frame) -> Table:
     from rich.markup import escape  # labels such as prune_during[plfp] are not markup
 
     for row in frame.itertuples():
-        verdict = f"resolved: {row.a if row.verdict == 'A better' else row.b} better" if row.resolved else "not resolved"
+        verdict = f"resolved: {row.winner} better" if row.resolved else "not resolved"
         cells = (row.comparison, row.adaptation, f"{row.flops_reduction:g}", row.metric, f"{100 * row.diff:+.1f}",
                  f"[{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]",
                  " ".join(f"{100 * d:+.1f}" for d in row.per_seed), str(row.n_seeds), verdict)

@@ -116,11 +116,16 @@ def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(rows)
     frame["pareto"] = pareto_front(frame)
-    intervals = stats.setting_intervals(rows, n_boot=n_boot)
+    loaded = {row.get("result_dir"): stats.per_query_of_row(row) for row in rows}  # each file read once
+
+    def per_query(row):
+        return loaded[row.get("result_dir")]
+
+    intervals = stats.setting_intervals(rows, per_query, n_boot=n_boot)
     summary = summary_over_seeds(frame)
     if not intervals.empty:
         summary = summary.merge(intervals, on=SETTINGS_COLUMNS, how="left")
-    comparisons = stats.scenario_comparisons(rows, n_boot=n_boot)
+    comparisons = stats.scenario_comparisons(rows, per_query, n_boot=n_boot)
     paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
              "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
              "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv"}

@@ -83,6 +83,7 @@ class Comparison:
     n_ids: int  # query identities per seed (the largest if seeds differ)
     resolved: bool  # the interval excludes 0
     verdict: str  # "A better" | "B better" | "not resolved"
+    winner: str | None  # the better side's label when resolved, else None
 
     def as_dict(self) -> dict:
         return {**asdict(self), "per_seed": list(self.per_seed), "seeds": list(self.seeds)}
@@ -188,7 +189,8 @@ def paired_difference(a_by_seed: Sequence[PerQuery], b_by_seed: Sequence[PerQuer
     verdict = "not resolved" if not resolved else ("A better" if low > 0 else "B better")
     return Comparison(metric=metric, a=a, b=b, mean_a=float(np.mean(means_a)), mean_b=float(np.mean(means_b)),
                       diff=float(np.mean(per_seed)), per_seed=per_seed, seeds=seeds, ci_low=low, ci_high=high,
-                      n_seeds=len(seeds), n_queries=max(sizes), n_ids=max(ids), resolved=resolved, verdict=verdict)
+                      n_seeds=len(seeds), n_queries=max(sizes), n_ids=max(ids), resolved=resolved, verdict=verdict,
+                      winner=None if not resolved else (a if low > 0 else b))
 
 
 # --------------------------------------------------------------------------- scenario rows
@@ -198,7 +200,7 @@ SettingKey = tuple[str, str, str, float]  # (adaptation, scenario name, criterio
 
 COMPARISON_COLUMNS = ["comparison", "kind", "a", "b", "adaptation", "flops_reduction", "metric", "mean_a", "mean_b",
                       "diff", "ci_low", "ci_high", "per_seed", "seeds", "n_seeds", "n_queries", "n_ids", "resolved",
-                      "verdict"]
+                      "verdict", "winner"]
 
 
 def setting_label(name: str, criterion: str) -> str:
@@ -312,12 +314,14 @@ def comparison_records(frame: pd.DataFrame) -> list[dict]:
 
 def format_comparison(row: Mapping, points: float = 100.0) -> str:
     """One line, e.g. `prune_during[plfp] vs adapt_only (supervised, -0.5 FLOPs) rank1: -1.2 [-2.9, +0.4],
-    per seed -0.9 -1.8 -0.9 (3 seeds): not resolved` (differences in points)."""
+    per seed -0.9 -1.8 -0.9 (3 seeds): not resolved` or `...: resolved, adapt_only better`
+    (differences in points)."""
     where = [f"{row['split']} test" if row.get("split") else "", row.get("adaptation") or "",
              f"-{row['flops_reduction']:g} FLOPs" if row.get("flops_reduction") else ""]
     where = ", ".join(part for part in where if part)
     per_seed = " ".join(f"{points * d:+.1f}" for d in row["per_seed"])
+    verdict = f"resolved, {row['winner']} better" if row["resolved"] else "not resolved"
     return (f"{row['comparison']}{f' ({where})' if where else ''} {row['metric']}: {points * row['diff']:+.1f} "
             f"[{points * row['ci_low']:+.1f}, {points * row['ci_high']:+.1f}], per seed {per_seed} "
             f"({row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}): "
-            f"{'resolved' if row['resolved'] else 'not resolved'}")
+            f"{verdict}")

@@ -57,14 +57,14 @@ def _width(result) -> float:
 def test_a_clear_difference_is_resolved_with_the_right_sign_and_covers_the_truth():
     pairs = [_pair(seed, 0.75, 0.55, ids=300) for seed in range(3)]
     result = paired_difference([a for a, _ in pairs], [b for _, b in pairs], "rank1", a="big", b="small")
-    assert result.resolved and result.verdict == "A better"
+    assert result.resolved and result.verdict == "A better" and result.winner == "big"
     assert result.ci_low > 0 and result.ci_low < 0.20 < result.ci_high  # the true difference is 0.20
     assert result.diff == pytest.approx(np.mean(result.per_seed))
     assert result.n_seeds == 3 and result.n_queries == 900 and result.n_ids == 300
     assert result.mean_a - result.mean_b == pytest.approx(result.diff)
     # Swapping the sides flips the sign and the verdict.
     swapped = paired_difference([b for _, b in pairs], [a for a, _ in pairs], "rank1")
-    assert swapped.verdict == "B better" and swapped.ci_high < 0
+    assert swapped.verdict == "B better" and swapped.winner == "B" and swapped.ci_high < 0
     assert swapped.diff == pytest.approx(-result.diff)
 
 
