@@ -37,7 +37,8 @@ class DomainSettings(Section):
 class SynthSettings(Section):
     """Size and difficulty of the rendered benchmark (reid_models/data/synth.py)."""
 
-    train_ids: int = Field(200, ge=2, description="training identities per domain (validation is carved from them)")
+    train_ids: int = Field(200, ge=2, description="source training identities (validation is carved from them)")
+    target_train_ids: int | None = Field(None, ge=2, description="target training identities; None: train_ids")
     test_ids: int = Field(800, ge=2, description="target test identities (query/gallery)")
     source_test_ids: int = Field(300, ge=2, description="source test identities")
     min_cameras: int = Field(3, ge=2, description="cameras each identity visits, at least")
@@ -60,7 +61,8 @@ class SynthSettings(Section):
         """The generator's spec for `domain` ("source" or "target")."""
         from reid_models.data.synth import DomainSpec
 
-        return DomainSpec(train_ids=self.train_ids, test_ids=self.source_test_ids if domain == "source" else
+        train_ids = self.train_ids if domain == "source" or self.target_train_ids is None else self.target_train_ids
+        return DomainSpec(train_ids=train_ids, test_ids=self.source_test_ids if domain == "source" else
                           self.test_ids, min_cameras=self.min_cameras, images_per_camera=self.images_per_camera,
                           test_images_per_camera=self.test_images_per_camera, family_size=self.family_size,
                           family_changes=self.family_changes)

@@ -109,3 +109,14 @@ def test_a_folder_of_another_version_or_size_is_rendered_again(tmp_path, monkeyp
     bigger = load_settings(PARAMS, "quick", [*overrides, "data.synth.train_ids=4"])
     prepare_domain("source", bigger.data.source, bigger.data)
     assert read_dataset("synthetic", path).num_train_pids == 4  # so is another size
+
+
+def test_each_domain_gets_its_own_training_and_test_sizes():
+    settings = load_settings(PARAMS, "default", [])
+    synth_settings = settings.data.synth
+    source, target = synth_settings.spec("source"), synth_settings.spec("target")
+    assert (source.train_ids, source.test_ids) == (synth_settings.train_ids, synth_settings.source_test_ids)
+    assert (target.train_ids, target.test_ids) == (synth_settings.target_train_ids, synth_settings.test_ids)
+    assert target.train_ids != source.train_ids  # the default target has more labelled identities
+    unset = load_settings(PARAMS, "default", ["data.synth.target_train_ids=null"]).data.synth
+    assert unset.spec("target").train_ids == unset.train_ids

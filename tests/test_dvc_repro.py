@@ -14,8 +14,8 @@ from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 COPIED = ("reid_models", "tasks", "flows", "dvc.yaml", ".dvcignore", "pyproject.toml")
-TINY = {"data": {"synth": {"train_ids": 6, "test_ids": 4, "source_test_ids": 4, "images_per_camera": [2, 3],
-                           "workers": 1}},
+TINY = {"data": {"synth": {"train_ids": 6, "target_train_ids": 6, "test_ids": 4, "source_test_ids": 4,
+                           "images_per_camera": [2, 3], "workers": 1}},
         "pretrain": {"model": "osnet_x0_25", "epochs": 2, "warmup_epochs": 1, "ids_per_batch": 2},
         "prune": {"finetune": {"epochs": 1, "ids_per_batch": 2}},
         "adapt": {"train": {"ids_per_batch": 2}},
