@@ -28,6 +28,8 @@ CANDIDATES: dict[str, list[str]] = {  # head lr, backbone scale
     "head3.5e-3_x0.1": ["adapt.train.lr=0.0035", "adapt.backbone_lr_scale=0.1"],
     "head1e-2_x0.1": ["adapt.train.lr=0.01", "adapt.backbone_lr_scale=0.1"],
     "head3.5e-3_x0.3": ["adapt.train.lr=0.0035", "adapt.backbone_lr_scale=0.3"],
+    "head1e-3_x0.1": ["adapt.train.lr=0.001", "adapt.backbone_lr_scale=0.1"],
+    "head3.5e-3_x0.03": ["adapt.train.lr=0.0035", "adapt.backbone_lr_scale=0.03"],
 }
 
 
