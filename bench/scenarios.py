@@ -22,6 +22,8 @@ import logging
 import statistics
 from pathlib import Path
 
+import torch
+
 from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.config import Settings, load_settings
@@ -53,6 +55,9 @@ def settings_for_seed(params: str, profile: str, overrides: list[str], seed: int
 
 
 def run_seed(settings: Settings) -> list[dict]:
+    # Pretraining and scenarios at `orchestration.torch_threads`, as `reid-prune run` runs them, so
+    # a seed's figures are the same from either command whatever the machine's core count.
+    torch.set_num_threads(settings.orchestration.torch_threads)
     for domain in ("source", "target"):
         stages.prepare_domain(domain, getattr(settings.data, domain), settings.data)
     outputs = Path(settings.outputs)

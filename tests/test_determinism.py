@@ -49,3 +49,27 @@ def test_one_or_two_scenarios_at_once_give_the_same_metrics(tiny_domains, tmp_pa
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         children = [r for r in runs if "scenario" in r.data.params]
         assert len(children) == 2 and all(r.data.params["torch_threads"] == "1" for r in children)
+
+
+def test_the_source_model_does_not_depend_on_the_callers_thread_count(tiny_domains, tmp_path):
+    """`reid-prune run` pretrains alone, `bench.scenarios` beside other work: both pin the source
+    model's training to `orchestration.torch_threads`, so one seed gives one source model."""
+    import torch
+
+    from flows.prune_adapt import settings_for
+    from reid_models.checkpoint import load_checkpoint
+    from tasks.stages import pretrain
+
+    before = torch.get_num_threads()
+    weights = {}
+    try:
+        for ambient in (2, 1):
+            torch.set_num_threads(ambient)
+            overrides = quick_overrides(tmp_path / f"ambient{ambient}", tiny_domains, *TINY, *GRID)
+            checkpoint = pretrain.fn(settings_for("quick", overrides, str(PARAMS)))
+            weights[ambient] = load_checkpoint(checkpoint)["state_dict"]
+    finally:
+        torch.set_num_threads(before)
+    assert weights[1].keys() == weights[2].keys()
+    differing = [k for k in weights[1] if not torch.equal(weights[1][k], weights[2][k])]
+    assert not differing, f"source weights differ with the caller's thread count: {differing[:5]}"
