@@ -55,8 +55,8 @@ def settings_for_seed(params: str, profile: str, overrides: list[str], seed: int
 
 
 def run_seed(settings: Settings) -> list[dict]:
-    # Pretraining and scenarios at `orchestration.torch_threads`, as `reid-prune run` runs them, so
-    # a seed's figures are the same from either command whatever the machine's core count.
+    # Scenarios at `orchestration.torch_threads`, as `reid-prune run`'s tasks run them (pretraining
+    # pins it itself), so a seed's figures are the same from either command on any machine.
     torch.set_num_threads(settings.orchestration.torch_threads)
     for domain in ("source", "target"):
         stages.prepare_domain(domain, getattr(settings.data, domain), settings.data)

@@ -72,6 +72,9 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
     from scratch with the plain recipe.
     """
     out_dir = Path(out_dir)
+    # A fixed thread count, whoever calls: with more threads the gradient sums add up in another
+    # order, so the source model (and every scenario after it) would change with the machine.
+    torch.set_num_threads(settings.orchestration.torch_threads)
     init = settings.pretrain.init if model is None else None
     if settings.pretrain.init and not init:
         log.info("pretrain.init is not applied to the given %s model: it trains from scratch", model.backbone_name)

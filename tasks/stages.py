@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -64,9 +62,6 @@ def prepare_data(settings: Settings, tracker: Tracker | None = None) -> dict:
 def pretrain(settings: Settings, tracker: Tracker | None = None) -> str:
     """Train on the source domain; resumes from the last epoch checkpoint after a crash."""
     out_dir = source_checkpoint_path(settings).parent
-    # The same fixed thread count as every scenario task: with more threads the gradient sums add
-    # up in another order and the source model, hence every scenario, changes with the machine.
-    torch.set_num_threads(settings.orchestration.torch_threads)
     if tracker:
         tracker.params({"data": settings.data.model_dump(mode="json"),
                         "pretrain": settings.pretrain.model_dump(mode="json"), "seed": settings.seed})
