@@ -118,6 +118,7 @@ def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
                 lines.append(f"{where}, where to prune: " + (f"{winner} (resolved against every other stage)" if winner
                              else "not resolved (" + ", ".join(f"{k} {100 * v:.1f}" for k, v in means.items()) + ")"))
             for kind, title in (("vs_small_dense", "prune or train small"), ("vs_plfp", "criterion vs PLFP"),
+                                ("vs_adapt_short", "vs adaptation at the same epochs"),
                                 ("vs_adapt_only", f"vs adapt_only ({100 * reference:.1f})" if reference is not None
                                  else "vs adapt_only")):
                 claims = [_claim(c) for c in group if c["kind"] == kind]

@@ -186,6 +186,22 @@ class PruneSettings(Section):
     taylor_batches: int = Field(4, ge=1)
     data: Literal["source", "target"] = "source"
     finetune: FinetuneSettings = FinetuneSettings()
+    # Recovery (reid_models/pruning/recovery.py). gradual: the pruned share ramps up to the budget,
+    # the channels go at `remove_at` of the step, the small network trains the rest; legacy: decay
+    # the whole budget every epoch, remove after the last one (the schedule before issue 13).
+    schedule: Literal["gradual", "legacy"] = "gradual"
+    ramp: Literal["cubic", "linear"] = "cubic"
+    remove_at: float = Field(0.5, gt=0.0, le=1.0, description="share of a pruning step's epochs before removal")
+    bn_recalibration_batches: int = Field(40, ge=0, description="training batches that re-estimate BatchNorm "
+                                          "statistics after removal; 0: none")
+    distill: bool = True  # an unpruned teacher in every pruning and recovery step
+    distill_feature_weight: float = Field(1.0, ge=0.0)
+    distill_relation_weight: float = Field(1.0, ge=0.0)
+    distill_temperature: float = Field(0.1, gt=0.0)
+    # prune_during's teacher: ema (a mean teacher of the unpruned student, frozen at removal) or
+    # start (the source model the step starts from).
+    during_teacher: Literal["ema", "start"] = "ema"
+    teacher_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="mean teacher: teacher x m + student x (1-m)")
 
 
 class ClusterSettingsModel(Section):
@@ -208,7 +224,8 @@ class AdaptSettings(Section):
     train: FinetuneSettings = FinetuneSettings(lr=0.0035)
 
 
-ScenarioName = Literal["source_only", "adapt_only", "prune_before", "prune_during", "prune_after", "small_dense"]
+ScenarioName = Literal["source_only", "adapt_only", "adapt_short", "prune_before", "prune_during", "prune_after",
+                       "small_dense"]
 SCENARIO_NAMES: tuple[str, ...] = ScenarioName.__args__
 
 
@@ -234,7 +251,7 @@ class ScenarioSettings(Section):
 
     @model_validator(mode="after")
     def _prune_fits(self) -> "ScenarioSettings":
-        if {"prune_before", "prune_after"} & set(self.names) and self.prune_epochs >= self.epochs:
+        if {"prune_before", "prune_after", "adapt_short"} & set(self.names) and self.prune_epochs >= self.epochs:
             raise ValueError(f"prune_epochs ({self.prune_epochs}) must be < epochs ({self.epochs}) so "
                              "prune_before/prune_after keep epochs to adapt")
         for name in ("names", "criteria", "flops_reductions", "adaptation", "seeds"):

@@ -7,6 +7,8 @@ images after pretraining (recorded as `images_seen`):
 
 - source_only   no adaptation, no pruning: the lower bound (0 images).
 - adapt_only    adapt for all epochs: the unpruned reference.
+- adapt_short   adapt for (epochs - prune_epochs): the control for prune_before / prune_after,
+                which adapt only that long (the cost of their pruning epochs made visible).
 - prune_before  prune on source data (`prune_epochs`), then adapt for the rest.
 - prune_during  adapt for all epochs with progressive decay after each one; removal at the end.
 - prune_after   adapt (epochs - prune_epochs), then prune on target data with `prune_epochs`
@@ -36,7 +38,7 @@ from torch import nn
 
 from reid_models.adapt import ClusterSettings, adapt_unsupervised
 from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
-from reid_models.complexity import measure
+from reid_models.complexity import count_flops, measure
 from reid_models.config import PruneSettings, Settings
 from reid_models.data.loading import ImageSet
 from reid_models.models import ReIDNet, resolve_device
@@ -44,6 +46,8 @@ from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import L1Norm, build_criterion
 from reid_models.pruning.graph import ChannelGraph
 from reid_models.pruning.prune import ChannelSelector, ProgressivePruner, gradient_batches, prune_model
+from reid_models.pruning.recovery import (GradualPruner, Teacher, recalibrate_batchnorm, removal_epochs,
+                                          training_gflops)
 from reid_models.pruning.spec import architecture_spec
 from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
 from reid_models.stats import PER_QUERY_FILE, save_per_query
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 
 PRUNING_SCENARIOS = ("prune_before", "prune_during", "prune_after")
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+TEACHER_FILE = "teacher.pt"
+VAL_PER_QUERY_FILE = "per_query_val.npz"  # target validation split, per query (PER_QUERY_FILE: test)
 
 
 @dataclass(frozen=True)
@@ -138,11 +144,13 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
     """What a finished scenario's results depend on; anything else changing re-runs it."""
     digest = hashlib.sha1(Path(start_checkpoint).read_bytes())
     relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"),
-                "prune": settings.prune.model_dump(mode="json"), "adapt": settings.adapt.model_dump(mode="json"),
+                "adapt": settings.adapt.model_dump(mode="json"),
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),
                 "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device,
                 "torch_threads": torch.get_num_threads()}  # sums in another order: other float results
+    if scenario.name in PRUNING_SCENARIOS:  # the others never read prune settings: a new one keeps their results
+        relevant["prune"] = settings.prune.model_dump(mode="json")
     if scenario.name in RECIPE_REVISION:
         relevant["revision"] = RECIPE_REVISION[scenario.name]
     digest.update(json.dumps(relevant, sort_keys=True).encode())
@@ -160,7 +168,9 @@ class ScenarioRun:
         self.height, self.width = settings.data.height, settings.data.width
         self.model: ReIDNet | None = None
         self.generator: torch.Generator | None = None  # the running step's (new identity heads)
-        self.steps: list[dict] = []  # per step: name, epochs, images, history
+        self.steps: list[dict] = []  # per step: name, epochs, images, history, teacher, train_gflops
+        self.info: dict = {}  # the running step's teacher, train_gflops, recalibration images
+        self.teacher: Teacher | None = None  # the pruning step's, kept for its recovery step
         self._images: dict[str, ImageSet] = {}
 
     # --- data and settings ---------------------------------------------------------------
@@ -186,7 +196,10 @@ class ScenarioRun:
     # --- resumable steps -------------------------------------------------------------------
 
     def step(self, name: str, run: Callable[[Path], list[dict]]) -> None:
-        """Run a step unless its saved model exists; either way the model is the step's output."""
+        """Run a step unless its saved model exists; either way the model is the step's output.
+
+        `run` may fill `self.info` (teacher, train_gflops, recalibration images): it is saved
+        with the step's model and recorded in `self.steps`."""
         index = len(self.steps) + 1
         step_dir = self.out_dir / f"step{index}_{name}"
         saved = step_dir / "model.pt"
@@ -194,17 +207,30 @@ class ScenarioRun:
             payload = load_checkpoint(saved)
             self.model = model_from_payload(payload, str(saved))
             history = payload["history"]
+            info = payload.get("info", {})
+            if (step_dir / TEACHER_FILE).is_file() and self.teacher is not None:
+                self.teacher.load_state(load_checkpoint(step_dir / TEACHER_FILE))
             log.info("%s: step %d (%s) already done", self.scenario.key, index, name)
         else:
             # The step's own generator (new identity heads): never torch's global RNG, which
             # scenarios running in other threads share.
             self.generator = torch.Generator().manual_seed(self.scenario.seed * 7919 + index)
+            self.info = {}
             history = run(step_dir)
             self.model.cpu()
-            save_checkpoint(saved, model_payload(self.model, self.settings, history, step=name))
+            info = self.info
+            if self.teacher is not None:  # a later step (recovery) goes on with this teacher
+                save_checkpoint(step_dir / TEACHER_FILE, self.teacher.state())
+            save_checkpoint(saved, model_payload(self.model, self.settings, history, step=name, info=info))
+        images = sum(r.get("images", 0) for r in history)
         self.steps.append({"name": name, "epochs": len(history) if history and "epoch" in history[0] else
                            sum(r.get("epochs", 0) for r in history),
-                           "images": sum(r.get("images", 0) for r in history), "history": history})
+                           "images": images, "history": history,
+                           "train_gflops": info.get("train_gflops", images * 3 * self.start_flops / 1e9), **info})
+
+    @property
+    def start_flops(self) -> int:
+        return count_flops(self.model, self.height, self.width)
 
     def prune_on_source(self, epochs: int) -> None:
         def run(step_dir: Path) -> list[dict]:
@@ -214,22 +240,58 @@ class ScenarioRun:
                                  self.width, seed=self.scenario.seed, checkpoint_path=step_dir / "last.pt",
                                  on_epoch=self.on_epoch, progress=self.progress)
             save_json(step_dir / "prune_report.json", report.as_dict())
+            self.info = {"teacher": "source model (frozen)" if report.teacher != "none" else "none",
+                         "train_gflops": report.train_gflops, "recalibration_images": report.recalibration_images}
             return report.history
 
         self.step("prune_source", run)
 
     def adapt(self, epochs: int, prune: bool = False, progressive: bool = True) -> None:
-        """Adapt to the target for `epochs`; with `prune`, prune on the way (progressive decay
-        riding on the adaptation epochs, or one-shot removal before them)."""
+        """Adapt to the target for `epochs`; with `prune`, prune on the way: progressive (the
+        gradual ramp-remove-recover schedule as two steps, or the legacy decay riding on every
+        epoch) or one-shot removal before the epochs."""
+        if not prune:
+            self.train_on_target("adapt", epochs)
+        elif not progressive:
+            self.train_on_target("prune_target", epochs, pruning="oneshot")
+        elif self.settings.prune.schedule == "legacy":
+            self.train_on_target("prune_target", epochs, pruning="legacy")
+        else:
+            ramp = removal_epochs(epochs, self.settings.prune.remove_at)
+            self.train_on_target("prune_target", epochs, pruning="ramp", span=(0, ramp))
+            if ramp < epochs:
+                self.train_on_target("recover_target", epochs, pruning="recover", span=(ramp, epochs))
+
+    def make_teacher(self) -> Teacher | None:
+        """The unpruned teacher of a target pruning step (see the module docstring)."""
+        prune = self.settings.prune
+        if not prune.distill:
+            return None
+        if self.scenario.name == "prune_during" and prune.during_teacher == "ema":
+            return Teacher(self.model, prune, prune.teacher_momentum,
+                           f"mean teacher (EMA {prune.teacher_momentum:g}) of the adapting model, frozen at removal")
+        start = "source model" if self.scenario.name == "prune_during" else "adapted model"
+        return Teacher(self.model, prune, 0.0, f"{start} (frozen)")
+
+    def train_on_target(self, name: str, epochs: int, pruning: str | None = None,
+                        span: tuple[int, int] | None = None) -> None:
+        """One target step of `epochs` (or the `span` of them): plain adaptation (`pruning` None),
+        the gradual schedule's `ramp` (ends with removal and BatchNorm recalibration) or `recover`
+        part, `legacy` progressive decay, or `oneshot` removal then training."""
         adaptation, settings = self.scenario.adaptation, self.settings
+        first, stop = span or (0, epochs)
 
         def run(step_dir: Path) -> list[dict]:
             model, target = self.model, self.images("target")
             model.to(self.device)  # gradient batches (taylor, one-shot) are on the device before training starts
             prune_settings = self.prune_settings(epochs)
             criterion = build_criterion(self.scenario.criterion, prune_settings.plfp_k, self.scenario.seed) \
-                if prune else None
-            pruner: ProgressivePruner | None = None
+                if pruning in ("ramp", "legacy", "oneshot") else None
+            if pruning in ("ramp", "legacy", "oneshot"):
+                self.teacher = self.make_teacher()
+            teacher = self.teacher if pruning else None
+            pruner: ProgressivePruner | GradualPruner | None = None
+            student_flops = self.start_flops
 
             def selector_for(train_set: ImageSet) -> ChannelSelector:
                 batches = gradient_batches(train_set, prune_settings, self.scenario.seed, self.device)
@@ -241,33 +303,44 @@ class ScenarioRun:
                 if pruner is not None:
                     pruner.selector = selector_for(train_set)
 
-            if prune and progressive:
+            if pruning == "legacy":
                 pruner = ProgressivePruner(None, prune_settings.decay, epochs)
+            elif pruning == "ramp":
+                pruner = GradualPruner(None, prune_settings, stop)
             # Every target step, pruning or not, uses one lr recipe (a fresh head at adapt.train.lr, the
             # backbone at backbone_lr_scale of it), so scenarios differ in where they prune, not in lr.
-            backbone_lr_scale = settings.adapt.backbone_lr_scale
+            options = dict(on_epoch=self.on_epoch, backbone_lr_scale=settings.adapt.backbone_lr_scale,
+                           progress=self.progress, epoch_hook=pruner.after_epoch if pruner else None, teacher=teacher)
             if adaptation == "supervised":
-                on_labels(target)
-                if prune and not progressive:
+                if pruning != "recover":  # the recovery keeps the head the ramp trained
+                    on_labels(target)
+                if pruning == "oneshot":
                     selector = selector_for(target)
                     selector.graph.remove_channels(selector.select())
+                    student_flops = self.start_flops
                 history = train_model(model, target, self.adapt_recipe(epochs), self.device, seed=self.scenario.seed,
-                                      checkpoint_path=step_dir / "last.pt", on_epoch=self.on_epoch,
-                                      backbone_lr_scale=backbone_lr_scale, progress=self.progress,
-                                      epoch_hook=pruner.after_epoch if pruner else None)
+                                      checkpoint_path=step_dir / "last.pt", epochs=(first, stop), **options)
             else:
                 cluster = ClusterSettings(**settings.adapt.cluster.model_dump())
                 history = adapt_unsupervised(
-                    model, target, self.adapt_recipe(epochs), cluster, settings.adapt.epochs_per_round, self.device,
-                    seed=self.scenario.seed, on_round=self.on_round, true_pids=target.labels.numpy(),
-                    backbone_lr_scale=backbone_lr_scale, on_labels=on_labels,
-                    epoch_hook=pruner.after_epoch if pruner else None, checkpoint_dir=step_dir,
-                    on_epoch=self.on_epoch, progress=self.progress)
+                    model, target, self.adapt_recipe(stop - first), cluster, settings.adapt.epochs_per_round,
+                    self.device, seed=self.scenario.seed + 1000 * first, on_round=self.on_round,
+                    true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir, **options)
+            recalibrated = 0
             if pruner is not None:
                 save_json(step_dir / "channels.json", pruner.finish())
+            if pruning in ("ramp", "oneshot") and prune_settings.bn_recalibration_batches:
+                recipe = settings.adapt.train
+                recalibrated = recalibrate_batchnorm(model, target, prune_settings.bn_recalibration_batches,
+                                                     recipe.ids_per_batch, recipe.images_per_id, self.scenario.seed,
+                                                     self.device)
+            teacher_flops = count_flops(teacher.model, self.height, self.width) if teacher else 0
+            self.info = {"teacher": teacher.label if teacher else "none", "recalibration_images": recalibrated,
+                         "train_gflops": training_gflops(sum(r.get("images", 0) for r in history), student_flops,
+                                                         teacher_flops, recalibrated, self.start_flops)}
             return history
 
-        self.step("prune_target" if prune else "adapt", run)
+        self.step(name, run)
 
     def prune_then_recover_on_target(self, epochs: int) -> None:
         """prune_after's pruning step: the target's (pseudo-)labels drive the recovery."""
@@ -314,6 +387,8 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     adapt_epochs = budget.epochs - budget.prune_epochs
     if scenario.name in ("adapt_only", "small_dense"):
         run.adapt(budget.epochs)
+    elif scenario.name == "adapt_short":
+        run.adapt(adapt_epochs)
     elif scenario.name == "prune_before":
         run.prune_on_source(budget.prune_epochs)
         run.adapt(adapt_epochs)
@@ -330,11 +405,17 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     save_json(out_dir / "architecture.json", architecture_spec(final))
     metrics, cmc, per_query = evaluate_scenario_model(final, settings)
     save_json(out_dir / "cmc.json", {"rank": list(range(1, len(cmc) + 1)), "target_cmc": cmc})
-    save_per_query(out_dir / PER_QUERY_FILE, per_query)
+    save_per_query(out_dir / PER_QUERY_FILE, per_query["test"])
+    if "val" in per_query:  # what paired choices of settings resample
+        save_per_query(out_dir / VAL_PER_QUERY_FILE, per_query["val"])
     row = {**asdict(scenario), **metrics,
            "images_seen": sum(step["images"] for step in run.steps),
            "epochs": sum(step["epochs"] for step in run.steps),
            "steps": "+".join(step["name"] for step in run.steps) or "none",
+           "train_gflops": sum(step["train_gflops"] for step in run.steps),
+           "teacher": "; ".join(dict.fromkeys(step["teacher"] for step in run.steps
+                                              if step.get("teacher", "none") != "none")) or "none",
+           "recovery": recovery_settings(scenario, settings),
            "torch_threads": torch.get_num_threads(),
            "seconds": time.perf_counter() - began, "result_dir": str(out_dir)}
     save_json(out_dir / "steps.json", run.steps)
@@ -349,22 +430,39 @@ def _saved_model(out_dir: Path) -> ReIDNet:
     return model_from_payload(load_checkpoint(path), str(path)).eval()
 
 
-def _evaluate_on(model: ReIDNet, settings: Settings, domain: str) -> dict:
-    """`evaluate_features`' results on a domain's test split (query/gallery)."""
+def _evaluate_on(model: ReIDNet, settings: Settings, domain: str, split: str = "test") -> dict:
+    """`evaluate_features`' results on a domain's test (or validation) query/gallery."""
     splits = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
-    return evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device))
+    return evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device), split)
+
+
+def recovery_settings(scenario: Scenario, settings: Settings) -> str:
+    """The pruning recovery a row ran with, as one readable string (the ablation columns)."""
+    if scenario.name not in PRUNING_SCENARIOS:
+        return "none"
+    p = settings.prune
+    distill = (f"distill f{p.distill_feature_weight:g}/r{p.distill_relation_weight:g}"
+               + (f" {p.during_teacher}" if scenario.name == "prune_during" else "")) if p.distill else "no distill"
+    schedule = f"gradual {p.ramp} remove@{p.remove_at:g}" if p.schedule == "gradual" else "legacy"
+    return f"{schedule}, {distill}, bn-recal {p.bn_recalibration_batches}, scope {p.scope}, decay {p.decay:g}"
 
 
 def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float], dict]:
-    """Cost of the physical model and Market-1501 metrics: target test (the question) and
-    source test (what adapting forgot). Also returns the target's CMC curve and its per-query
-    results (`evaluate_features`' per_query)."""
+    """Cost of the physical model and Market-1501 metrics: target test (the question), source
+    test (what adapting forgot) and target validation (`val_`: where settings are chosen). Also returns the target's CMC curve and
+    its per-query results by split ("test", and "val" when there is one)."""
     cost = measure(model, settings.data.height, settings.data.width)
     row = {key: cost[key] for key in ("flops", "macs", "params", "size_bytes", "latency_ms", "throughput_ips")}
     target, source = _evaluate_on(model, settings, "target"), _evaluate_on(model, settings, "source")
-    for prefix, metrics in (("", target), ("source_", source)):
+    evaluated = [("", target), ("source_", source)]
+    per_query = {"test": target["per_query"]}
+    if settings.data.val_share > 0:
+        validation = _evaluate_on(model, settings, "target", split="val")
+        evaluated.append(("val_", validation))
+        per_query["val"] = validation["per_query"]
+    for prefix, metrics in evaluated:
         row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
-    return row, [float(value) for value in target["cmc"]], target["per_query"]
+    return row, [float(value) for value in target["cmc"]], per_query
 
 
 def images_budget(settings: Settings) -> int:

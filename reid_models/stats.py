@@ -228,7 +228,8 @@ def per_query_of_row(row: Mapping) -> dict[str, np.ndarray] | None:
 def standard_pairs(rows: Sequence[Mapping]) -> list[tuple[str, SettingKey, SettingKey]]:
     """(kind, A, B) of the comparisons the grid's claims rest on, within each adaptation mode and
     FLOPs reduction: every scenario vs adapt_only, the pruning stages against each other (same
-    criterion), each pruning stage vs small_dense, and each criterion vs plfp at the same stage."""
+    criterion), each pruning stage vs small_dense, prune_before/after vs adapt_short (adaptation at
+    their epochs), and each criterion vs plfp at the same stage."""
     present = {_key(row) for row in rows}
     pairs: list[tuple[str, SettingKey, SettingKey]] = []
 
@@ -254,6 +255,8 @@ def standard_pairs(rows: Sequence[Mapping]) -> list[tuple[str, SettingKey, Setti
                         add("stages", (mode, first, criterion, reduction), (mode, second, criterion, reduction))
             for key in stages:
                 add("vs_small_dense", key, small_dense)
+                if key[1] in ("prune_before", "prune_after"):  # they adapt only the short epochs
+                    add("vs_adapt_short", key, (mode, "adapt_short", "none", 0.0))
             if REFERENCE_CRITERION in criteria:
                 for stage in PRUNING_STAGES:
                     for criterion in criteria[1:]:

@@ -50,6 +50,11 @@ def reid_loss(out, labels: torch.Tensor, settings: TrainRecipe) -> dict[str, tor
     return {"loss": id_term + settings.triplet_weight * tri_term, "id_loss": id_term, "triplet_loss": tri_term}
 
 
+def terms_seen(totals: dict) -> list[str]:
+    """The loss terms of an epoch's totals (always loss, id_loss, triplet_loss; distillation's when used)."""
+    return ["loss", "id_loss", "triplet_loss", *sorted(k for k in totals if k.startswith("distill"))]
+
+
 def lr_factor(epoch: int, settings: TrainRecipe) -> float:
     """Linear warm-up from 10% of the rate, then cosine decay to 1% or steps of 0.1."""
     if epoch < settings.warmup_epochs:
@@ -96,11 +101,16 @@ def train_model(
     backbone_lr_scale: float = 1.0,
     progress: bool = True,
     epoch_hook: Callable[[int], None] | None = None,
+    teacher=None,
+    epochs: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Train `model` in place; return one metrics dict per epoch (resumed epochs included).
 
     `epoch_hook(epoch)` may change the weights after an epoch's updates and before its
     checkpoint (progressive pruning decays filters there), so a resumed run sees its effect.
+    `teacher` (a `pruning.recovery.Teacher`) adds its distillation terms to the loss and follows
+    the student after each step. `epochs=(first, stop)` trains only those epochs of the recipe's
+    schedule (a step split around channel removal keeps one lr schedule).
     """
     model.to(device)
     optimizer = build_optimizer(model, settings, backbone_lr_scale)
@@ -112,36 +122,45 @@ def train_model(
                         generator=torch.Generator().manual_seed(seed))
     fingerprint = _fingerprint(settings, seed, train_set, model)
     history: list[dict] = []
-    start = 0
+    start, stop = epochs if epochs is not None else (0, settings.epochs)
 
     if checkpoint_path and Path(checkpoint_path).is_file():
         state = load_checkpoint(checkpoint_path)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
+            if teacher is not None and "teacher" in state:
+                teacher.load_state(state["teacher"])
             history, start = list(state["history"]), int(state["epoch"])
             log.info("resuming from %s after epoch %d", checkpoint_path, start)
         else:
             log.warning("ignoring %s: it was written with other settings; training from scratch", checkpoint_path)
 
-    for epoch in range(start, settings.epochs):
+    if teacher is not None:
+        teacher.to(device)
+    for epoch in range(start, stop):
         sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch, settings)
         model.train()
-        totals = {"loss": 0.0, "id_loss": 0.0, "triplet_loss": 0.0, "correct": 0, "seen": 0}
+        totals: dict[str, float] = {"correct": 0, "seen": 0}
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for images, labels, _ in bar:
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             terms = reid_loss(out, labels, settings)
+            if teacher is not None:
+                terms.update(teacher.loss(images, out.features))
+                terms["loss"] = terms["loss"] + terms["distill"]
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
+            if teacher is not None:
+                teacher.follow(model)
             n = len(labels)
             for name, value in terms.items():
-                totals[name] += value.item() * n
+                totals[name] = totals.get(name, 0.0) + value.item() * n
             totals["correct"] += int((out.logits.argmax(1) == labels).sum())
             totals["seen"] += n
             bar.set_postfix(loss=f"{terms['loss'].item():.3f}", img_s=f"{totals['seen'] / (time.perf_counter() - began):.0f}")
@@ -151,9 +170,7 @@ def train_model(
         seen = max(1, totals["seen"])
         record = {
             "epoch": epoch + 1,
-            "loss": totals["loss"] / seen,
-            "id_loss": totals["id_loss"] / seen,
-            "triplet_loss": totals["triplet_loss"] / seen,
+            **{name: totals.get(name, 0.0) / seen for name in terms_seen(totals)},
             "train_accuracy": totals["correct"] / seen,
             "lr": optimizer.param_groups[-1]["lr"],
             "images": totals["seen"],
@@ -167,6 +184,7 @@ def train_model(
             save_checkpoint(checkpoint_path, {
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1, "history": history, "fingerprint": fingerprint,
+                **({"teacher": teacher.state()} if teacher is not None else {}),
             })
         if on_epoch:
             on_epoch(record)

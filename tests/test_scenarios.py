@@ -23,10 +23,11 @@ def test_grid_runs_each_setting_once():
     grid = expand_grid(settings)
     per_seed = (1  # source_only: no adaptation, no pruning
                 + 2  # adapt_only x 2 adaptation modes
+                + 2  # adapt_short (the before/after scenarios' adaptation epochs) x 2 modes
                 + 3 * 2 * 2 * 2  # three pruning stages x criteria x reductions x modes
                 + 2 * 2)  # small_dense x reductions x modes (no criterion)
     assert len(grid) == len(set(grid)) == 2 * per_seed
-    assert {s.criterion for s in grid if s.name in ("source_only", "adapt_only", "small_dense")} == {"none"}
+    assert {s.criterion for s in grid if s.name in ("source_only", "adapt_only", "adapt_short", "small_dense")} == {"none"}
     assert len({s.key for s in grid}) == len(grid)
 
 

@@ -1,12 +1,16 @@
 """Pruning a trained ReID network: one-shot, or progressive (soft, then hard) as PLFP does.
 
 - one-shot: select channels once, remove them physically, fine-tune the smaller network.
-- progressive: fine-tune the full-size network; after every epoch re-select channels under
-  the FLOPs budget and multiply the selected filters (conv weights, BatchNorm weight and bias)
-  by `decay`; a filter selected again keeps shrinking, one no longer selected can recover. The
-  last epoch sets the selection to exactly zero, and only then are the channels removed.
+- progressive: fine-tune the full-size network; after every epoch re-select channels and
+  multiply the selected filters (conv weights, BatchNorm weight and bias) by `decay`; a filter
+  selected again keeps shrinking, one no longer selected can recover. The last decay sets the
+  selection to exactly zero, and only then are the channels removed. Schedule `gradual`
+  (default, recovery.py) ramps the selected share up to the budget over the first `remove_at`
+  of the epochs, removes, and trains the small network for the rest; `legacy` decays the whole
+  budget every epoch and removes after the last one.
 
-Both spend the same fine-tuning epochs, so they compare at equal training cost.
+All spend the same fine-tuning epochs, so they compare at equal training images; the teacher's
+extra forward passes are counted in `train_gflops`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from reid_models.models import ReIDNet
 from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import Criterion
 from reid_models.pruning.graph import ChannelGraph
+from reid_models.pruning.recovery import (GradualPruner, Teacher, recalibrate_batchnorm, removal_epochs,
+                                          training_gflops)
 from reid_models.train import EpochCallback, reid_loss, train_model
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,9 @@ class PruneReport:
     params_after: int
     channels: dict[str, dict] = field(default_factory=dict)  # group -> before, removed, rate
     history: list[dict] = field(default_factory=list)
+    teacher: str = "none"
+    recalibration_images: int = 0
+    train_gflops: float = 0.0  # student (x3: forward + backward) + teacher forwards + recalibration
 
     @property
     def measured_reduction(self) -> float:
@@ -51,7 +60,9 @@ class PruneReport:
         return {"criterion": self.criterion, "mode": self.mode, "target_reduction": self.target_reduction,
                 "measured_reduction": self.measured_reduction, "flops_before": self.flops_before,
                 "flops_after": self.flops_after, "params_before": self.params_before,
-                "params_after": self.params_after, "channels": self.channels, "history": self.history}
+                "params_after": self.params_after, "channels": self.channels, "history": self.history,
+                "teacher": self.teacher, "recalibration_images": self.recalibration_images,
+                "train_gflops": self.train_gflops}
 
 
 def gradient_batches(train_set: ImageSet, settings: PruneSettings, seed: int, device: torch.device
@@ -89,11 +100,13 @@ class ChannelSelector:
             reid_loss(self.model(images), labels, self.settings.finetune)["loss"].backward()
         self.model.train(was_training)
 
-    def select(self) -> Selection:
+    def select(self, flops_reduction: float | None = None) -> Selection:
+        """Channels to remove for `flops_reduction` (default: the settings' budget)."""
         if self.criterion.needs_gradients:
             self._accumulate_gradients()
         groups = self.graph.filter_groups(with_gradients=self.criterion.needs_gradients)
-        counts = allocate(self.model, groups, self.criterion, self.settings.flops_reduction, self.height,
+        reduction = self.settings.flops_reduction if flops_reduction is None else flops_reduction
+        counts = allocate(self.model, groups, self.criterion, reduction, self.height,
                           self.width, self.settings.allocation, self.settings.layer_cap,
                           self.settings.prune_embedding, self.settings.round_channels)
         if self.criterion.needs_gradients:
@@ -151,29 +164,69 @@ def prune_model(
 ) -> PruneReport:
     """Prune `model` in place (it ends physically smaller) and fine-tune it on `train_set`.
 
+    With `settings.distill` the unpruned model, frozen, is the teacher of every fine-tuning
+    epoch; after removal BatchNorm statistics are re-estimated on `train_set`. The gradual
+    schedule ramps and removes in the first `remove_at` of the epochs and trains the small
+    network for the rest (its own resume point, `<checkpoint>.final.pt`).
     With `train_set=None` the model is pruned one-shot with no fine-tuning (criteria that need
     gradients then fail with a clear error before any work).
     """
     model.to(device)
     batches = gradient_batches(train_set, settings, seed, device) if train_set is not None else None
     selector = ChannelSelector(model, criterion, settings, height, width, batches)
-    report = PruneReport(criterion.name, settings.mode, settings.flops_reduction,
-                         count_flops(model, height, width), 0, count_params(model), 0)
-    finetune = dict(seed=seed, checkpoint_path=checkpoint_path, on_epoch=on_epoch, progress=progress)
+    flops_before = count_flops(model, height, width)
+    report = PruneReport(criterion.name, settings.mode, settings.flops_reduction, flops_before, 0,
+                         count_params(model), 0)
+    teacher = Teacher(model, settings, label="the unpruned model (frozen)") \
+        if settings.distill and train_set is not None else None
+    report.teacher = teacher.label if teacher else "none"
+    recipe = settings.finetune
+    finetune = dict(seed=seed, on_epoch=on_epoch, progress=progress, teacher=teacher)
+    teacher_flops = flops_before if teacher else 0
+
+    def recalibrate() -> None:
+        report.recalibration_images = recalibrate_batchnorm(
+            model, train_set, settings.bn_recalibration_batches, recipe.ids_per_batch, recipe.images_per_id,
+            seed, device)
 
     if settings.mode == "oneshot" or train_set is None:
         selection = selector.select()
         report.channels = _describe(selector, selection)
         selector.graph.remove_channels(selection)
         if train_set is not None:
-            report.history = train_model(model, train_set, settings.finetune, device, **finetune)
-    else:
-        pruner = ProgressivePruner(selector, settings.decay, settings.finetune.epochs)
-        report.history = train_model(model, train_set, settings.finetune, device, epoch_hook=pruner.after_epoch,
-                                     **finetune)
+            recalibrate()
+            report.history = train_model(model, train_set, recipe, device, checkpoint_path=checkpoint_path,
+                                         **finetune)
+            report.train_gflops = training_gflops(_images(report.history), count_flops(model, height, width),
+                                                  teacher_flops, report.recalibration_images)
+    elif settings.schedule == "legacy":
+        pruner = ProgressivePruner(selector, settings.decay, recipe.epochs)
+        report.history = train_model(model, train_set, recipe, device, epoch_hook=pruner.after_epoch,
+                                     checkpoint_path=checkpoint_path, **finetune)
         report.channels = pruner.finish()
+        report.train_gflops = training_gflops(_images(report.history), flops_before, teacher_flops)
+    else:
+        ramp = removal_epochs(recipe.epochs, settings.remove_at)
+        pruner = GradualPruner(selector, settings, ramp)
+        report.history = train_model(model, train_set, recipe, device, epoch_hook=pruner.after_epoch,
+                                     checkpoint_path=checkpoint_path, epochs=(0, ramp), **finetune)
+        report.channels = pruner.finish()
+        recalibrate()
+        small = count_flops(model, height, width)
+        report.train_gflops = training_gflops(_images(report.history), flops_before, teacher_flops,
+                                              report.recalibration_images, small)
+        if ramp < recipe.epochs:
+            final = Path(f"{checkpoint_path}.final.pt") if checkpoint_path else None
+            recovered = train_model(model, train_set, recipe, device, checkpoint_path=final,
+                                    epochs=(ramp, recipe.epochs), **finetune)
+            report.history += recovered
+            report.train_gflops += training_gflops(_images(recovered), small, teacher_flops)
 
     report.flops_after, report.params_after = count_flops(model, height, width), count_params(model)
     log.info("pruned with %s (%s): FLOPs %.1fM -> %.1fM (%.1f%% fewer)", criterion.name, settings.mode,
              report.flops_before / 1e6, report.flops_after / 1e6, 100 * report.measured_reduction)
     return report
+
+
+def _images(history: list[dict]) -> int:
+    return sum(record.get("images", 0) for record in history)

@@ -1,0 +1,169 @@
+"""Do pruned models keep rank-1 on the new cameras, and what does each part of the recovery buy?
+
+    python -m bench.recovery --profile default --seeds 0,1,2 --json docs/bench/recovery_default.json
+
+For each seed (its own source model, shared with `bench.scenarios` and `reid-prune run`) this
+runs, in order of importance so an interrupted run still answers the main question:
+- the references: adapt_only, adapt_short (the epochs prune_before/after adapt), small_dense;
+- the pruning stages with the default recovery (distillation, BatchNorm recalibration, gradual
+  removal: params.yaml `prune`);
+- ablations of prune_during, each changing one recovery setting (`VARIANTS`), and the recipe
+  before issue 13 (`old_recipe`: legacy schedule, no teacher, no recalibration).
+Default-recipe runs write where `bench.scenarios` does (either reuses the other's results);
+variants under outputs/.../ablations/<variant>/.
+
+Every row has target test and target validation metrics. Comparisons are paired within seeds
+(`reid_models.stats`: mean over seeds of the per-seed difference, 95% interval by a bootstrap
+over seeds and query identities; `resolved` when it excludes 0), on both splits: settings are
+chosen on `val`, figures reported on `test`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from bench.scenarios import comparisons_path, settings_for_seed
+from bench.settings_cli import settings_parser
+from reid_models import stages
+from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, pretrain_small_dense, run_scenario
+from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference
+
+# Recovery variants of a pruning scenario: -S overrides on top of params.yaml.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "old_recipe": ["prune.schedule=legacy", "prune.distill=false", "prune.bn_recalibration_batches=0"],
+    "no_distill": ["prune.distill=false"],
+    "no_bn_recal": ["prune.bn_recalibration_batches=0"],
+    "legacy_schedule": ["prune.schedule=legacy"],
+    "teacher_start": ["prune.during_teacher=start"],
+    "scope_internal": ["prune.scope=internal"],
+}
+REFERENCES = ("adapt_only", "adapt_short", "small_dense")
+# (scenario, adaptation, variant), most important first.
+PLAN: list[tuple[str, str, str]] = [
+    ("adapt_only", "supervised", "default"),
+    ("prune_during", "supervised", "default"),
+    ("small_dense", "supervised", "default"),
+    ("old_recipe_during", "supervised", "old_recipe"),
+    ("adapt_short", "supervised", "default"),
+    ("prune_after", "supervised", "default"),
+    ("prune_before", "supervised", "default"),
+    ("adapt_only", "unsupervised", "default"),
+    ("prune_during", "unsupervised", "default"),
+    ("no_distill_during", "supervised", "no_distill"),
+    ("no_bn_recal_during", "supervised", "no_bn_recal"),
+    ("legacy_schedule_during", "supervised", "legacy_schedule"),
+    ("teacher_start_during", "supervised", "teacher_start"),
+    ("scope_internal_during", "supervised", "scope_internal"),
+    ("prune_before", "unsupervised", "default"),
+]
+
+
+def scenario_name(label: str) -> str:
+    """`old_recipe_during` -> prune_during (a variant's label names the stage it ablates)."""
+    return "prune_during" if label.endswith("_during") and label != "prune_during" else label
+
+
+def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: list[tuple[str, str, str]],
+             reduction: float) -> list[dict]:
+    base = settings_for_seed(params, profile, overrides, seed)
+    torch.set_num_threads(base.orchestration.torch_threads)
+    for domain in ("source", "target"):
+        stages.prepare_domain(domain, getattr(base.data, domain), base.data)
+    outputs = Path(base.outputs)
+    source = stages.pretrain(base, outputs / "pretrain")["checkpoint"]
+    rows = []
+    for label, adaptation, variant in plan:
+        name = scenario_name(label)
+        settings = settings_for_seed(params, profile, [*overrides, *VARIANTS[variant]], seed)
+        unpruned = name in ("adapt_only", "adapt_short")
+        scenario = Scenario(name, "none" if name in REFERENCES else settings.prune.criterion,
+                            0.0 if unpruned else reduction, adaptation, seed)
+        out_dir = outputs / "scenarios" / scenario.key if variant == "default" else \
+            outputs / "ablations" / variant / scenario.key
+        small_dense = pretrain_small_dense(settings, reduction, outputs / "scenarios" / f"small_dense_source_{reduction:g}") \
+            if name == "small_dense" else None
+        row = run_scenario(scenario, settings, source, out_dir, small_dense, progress=False)
+        row = {**row, "label": label, "variant": variant}
+        logging.info("seed %d %s (%s): test rank1 %.3f, val rank1 %.3f, GFLOPs %.3f, train GFLOPs %.0f (%.0f s)",
+                     seed, label, adaptation, row["rank1"], row.get("val_rank1", float("nan")), row["flops"] / 1e9,
+                     row["train_gflops"], row["seconds"])
+        rows.append(row)
+    return rows
+
+
+def _per_query(row: dict, split: str) -> dict | None:
+    path = Path(row["result_dir"]) / (PER_QUERY_FILE if split == "test" else VAL_PER_QUERY_FILE)
+    return load_per_query(path) if path.is_file() else None
+
+
+def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
+    """Paired over the seeds both ran: each pruned row vs adapt_only / adapt_short / small_dense of
+    its adaptation, and each ablation vs the default prune_during; rank-1 and mAP, test and val."""
+    by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
+    pairs = []
+    for mode in sorted({r["adaptation"] for r in rows}):
+        pruned = sorted({r["label"] for r in rows if r["adaptation"] == mode and r["label"] not in REFERENCES})
+        for label in pruned:
+            for reference in REFERENCES:
+                pairs.append((mode, label, reference, f"vs_{reference}"))
+            if label != "prune_during" and label.endswith("_during"):
+                pairs.append((mode, label, "prune_during", "ablation"))
+    records = []
+    for mode, a, b, kind in pairs:
+        seeds = sorted(s for (label, m, s) in by if label == a and m == mode and (b, mode, s) in by)
+        for split in ("test", "val"):
+            first = [_per_query(by[(a, mode, s)], split) for s in seeds]
+            second = [_per_query(by[(b, mode, s)], split) for s in seeds]
+            if not seeds or any(x is None for x in first + second):
+                continue
+            for metric in ("rank1", "mAP"):
+                result = paired_difference(first, second, metric, a=a, b=b, seeds=seeds, n_boot=n_boot)
+                records.append({"comparison": f"{a} vs {b}", "kind": kind, "adaptation": mode, "split": split,
+                                **result.as_dict()})
+    return records
+
+
+def main() -> None:
+    parser = settings_parser(__doc__)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--reduction", type=float, default=0.5, help="share of FLOPs the pruned models remove")
+    parser.add_argument("--only", default="", help="comma-separated labels of PLAN to run (default: all)")
+    parser.add_argument("--json", type=Path, help="rows here (after every seed), comparisons beside it")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    wanted = {label for label in args.only.split(",") if label}
+    unknown = wanted - {label for label, _, _ in PLAN}
+    if unknown:
+        parser.error(f"--only: unknown labels {sorted(unknown)}; choose from {sorted({p[0] for p in PLAN})}")
+    plan = [step for step in PLAN if not wanted or step[0] in wanted]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:  # fail fast on bad settings, before any training
+        for variant in {v for _, _, v in plan}:
+            settings_for_seed(args.params, args.profile, [*args.overrides, *VARIANTS[variant]], seed)
+    rows: list[dict] = []
+    for seed in seeds:
+        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    records = comparisons(rows)
+    if args.json:
+        comparisons_path(args.json).write_text(json.dumps(records, indent=2) + "\n")
+    print(f"{'label':>24} {'adaptation':>12} {'seed':>4} {'GFLOPs':>7} {'trainGF':>8} {'rank1':>6} {'val_r1':>6} "
+          f"{'mAP':>6}")
+    for r in rows:
+        print(f"{r['label']:>24} {r['adaptation']:>12} {r['seed']:>4} {r['flops'] / 1e9:>7.3f} "
+              f"{r['train_gflops']:>8.0f} {100 * r['rank1']:>6.1f} {100 * r.get('val_rank1', float('nan')):>6.1f} "
+              f"{100 * r['mAP']:>6.1f}")
+    for record in records:
+        if record["metric"] == "rank1":
+            print(f"[{record['split']}] {format_comparison({**record, 'split': None, 'flops_reduction': args.reduction})}")
+
+
+if __name__ == "__main__":
+    main()
