@@ -1,6 +1,7 @@
 """Which criterion keeps ReID accuracy at a given FLOPs budget, and is the pruned model faster?
 
     python -m bench.pruning --profile default --json docs/bench/pruning_default.json   # seeds 0,1,2
+    python -m bench.pruning --target --json docs/bench/pruning_target_default.json   # on the new cameras
 
 Every row starts from the same source-trained model (`outputs/pretrain/model.pt`, trained once
 and reused) and gets the same fine-tuning budget (`prune.finetune`) and seed; only the
@@ -16,6 +17,13 @@ Each criterion is compared with PLFP paired within seeds (`reid_models.stats`: m
 the per-seed difference, 95% interval by a bootstrap over seeds and query identities, `resolved`
 when it excludes 0), on both test splits: printed, and written beside `--json X.json` (the rows,
 a list) as `X_comparisons.json`.
+
+`--target` asks the question where it matters, on the new cameras: each criterion prunes as the
+scenario `--stage` (default prune_during, supervised; the grid's best stage) from each seed's
+source model, under each allocation of `ALLOCATIONS` (each criterion's own global ranking, one
+shared l1 ranking, uniform), so with a shared allocation the criterion decides only which filters
+go. Rows have target test and validation rank-1/mAP and the batch-32 throughput ratio; each
+criterion is compared with PLFP per allocation and reduction, paired over seeds, on both splits.
 """
 
 from __future__ import annotations
@@ -26,14 +34,17 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.scenarios import comparisons_path, seed_overrides
+import torch
+
+from bench.scenarios import comparisons_path, seed_overrides, settings_for_seed
 from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.complexity import measure
 from reid_models.config import load_settings
 from reid_models.models import resolve_device
 from reid_models.pruning.criteria import CRITERIA
-from reid_models.stats import REFERENCE_CRITERION, format_comparison, paired_difference
+from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, run_scenario
+from reid_models.stats import PER_QUERY_FILE, REFERENCE_CRITERION, format_comparison, load_per_query, paired_difference
 
 REDUCTIONS = (0.5, 0.3, 0.7)  # 0.5 first: the headline budget
 
@@ -137,6 +148,70 @@ def run(profile: str, params: str, overrides: list[str], criteria: list[str], re
     return rows, comparisons
 
 
+# --- criteria on the target, in a pruning stage of the scenario grid ---------------------------
+
+# How many channels each group loses: each criterion's own global ranking (as in the grid), one
+# shared ranking (l1's) or the same share everywhere; with a shared allocation the criterion
+# decides only which filters go.
+ALLOCATIONS: dict[str, list[str]] = {
+    "own": [],
+    "shared_l1": ["prune.allocation=global", "prune.allocation_criterion=l1"],
+    "uniform": ["prune.allocation=uniform"],
+}
+
+
+def run_on_target(profile: str, params: str, overrides: list[str], criteria: list[str], reductions: list[float],
+                  seeds: list[int], allocations: list[str], stage: str, adaptation: str,
+                  json_path: Path | None) -> tuple[list[dict], list[dict]]:
+    """Every criterion x reduction x allocation as the scenario `stage` (default prune_during,
+    supervised) from each seed's source model: target test and validation metrics, FLOPs, and the
+    batch-32 throughput ratio against the unpruned model, measured alternately."""
+    rows: list[dict] = []
+    per_query: dict[tuple, dict] = {}  # (seed, allocation, criterion, reduction) -> split -> arrays
+    for seed in seeds:
+        base = settings_for_seed(params, profile, overrides, seed)
+        torch.set_num_threads(base.orchestration.torch_threads)
+        for domain in ("source", "target"):
+            stages.prepare_domain(domain, getattr(base.data, domain), base.data)
+        pretrained = stages.pretrain(base, Path(base.outputs) / "pretrain")["checkpoint"]
+        for reduction in reductions:
+            for allocation in allocations:
+                settings = settings_for_seed(params, profile, [*overrides, *ALLOCATIONS[allocation]], seed)
+                for criterion in criteria:
+                    scenario = Scenario(stage, criterion, reduction, adaptation, seed)
+                    out_dir = Path(base.outputs) / "scenarios" / scenario.key if allocation == "own" else \
+                        Path(base.outputs) / "bench" / "pruning_target" / allocation / scenario.key
+                    row = run_scenario(scenario, settings, pretrained, out_dir, progress=False)
+                    row = {**row, "allocation": allocation,
+                           **speed_ratios(settings, str(out_dir / "model.pt"), pretrained)}
+                    per_query[(seed, allocation, criterion, reduction)] = {
+                        "test": load_per_query(out_dir / PER_QUERY_FILE),
+                        "val": load_per_query(out_dir / VAL_PER_QUERY_FILE)}
+                    rows.append(row)
+                    logging.info("seed %d %s %s @ %.1f: target rank1 %.3f (val %.3f), %.2fx throughput", seed,
+                                 allocation, criterion, reduction, row["rank1"], row["val_rank1"],
+                                 row["throughput_ratio"])
+                    _write_json(json_path, rows)
+    records = []
+    keys = {(a, c, r) for (_, a, c, r) in per_query}
+    for allocation, criterion, reduction in sorted(keys):
+        if criterion == REFERENCE_CRITERION or (allocation, REFERENCE_CRITERION, reduction) not in keys:
+            continue
+        both = [s for s in seeds if (s, allocation, criterion, reduction) in per_query
+                and (s, allocation, REFERENCE_CRITERION, reduction) in per_query]
+        for split in ("test", "val"):
+            for metric in ("rank1", "mAP"):
+                result = paired_difference(
+                    [per_query[(s, allocation, criterion, reduction)][split] for s in both],
+                    [per_query[(s, allocation, REFERENCE_CRITERION, reduction)][split] for s in both],
+                    metric, a=criterion, b=REFERENCE_CRITERION, seeds=both)
+                records.append({"comparison": f"{criterion} vs {REFERENCE_CRITERION} ({allocation} allocation)",
+                                "split": split, "flops_reduction": reduction, "allocation": allocation,
+                                "adaptation": adaptation, **result.as_dict()})
+    _write_json(json_path and comparisons_path(json_path), records)
+    return rows, records
+
+
 def retime(profile: str, params: str, overrides: list[str], json_path: Path) -> list[dict]:
     """Measure the speed ratios of an existing run's rows again, on an otherwise idle machine
     (training runs are long; a stray process during one row's timing should not cost a rerun)."""
@@ -175,11 +250,32 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--retime", action="store_true", help="only re-measure the speed ratios of --json's rows")
     parser.add_argument("--table", action="store_true", help="only print --json's rows as a markdown table")
+    parser.add_argument("--target", action="store_true",
+                        help="criteria on the target, as the pruning stage --stage of the scenario grid")
+    parser.add_argument("--stage", default="prune_during", choices=["prune_before", "prune_during", "prune_after"])
+    parser.add_argument("--adaptation", default="supervised", choices=["supervised", "unsupervised"])
+    parser.add_argument("--allocations", default=",".join(ALLOCATIONS), help=f"of {', '.join(ALLOCATIONS)}")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads(args.json.read_text())))
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.target:
+        allocations = args.allocations.split(",")
+        if unknown := set(allocations) - set(ALLOCATIONS):
+            parser.error(f"--allocations: unknown {sorted(unknown)}; choose from {', '.join(ALLOCATIONS)}")
+        rows, comparisons = run_on_target(args.profile, args.params, args.overrides, args.criteria.split(","),
+                                          [float(r) for r in args.reductions.split(",")],
+                                          [int(s) for s in args.seeds.split(",")], allocations, args.stage,
+                                          args.adaptation, args.json)
+        for r in rows:
+            print(f"{r['allocation']:>9} {r['criterion']:>7} seed {r['seed']} -{r['flops_reduction']:g}: target rank-1 "
+                  f"{100 * r['rank1']:.1f} (val {100 * r['val_rank1']:.1f}), GFLOPs {r['flops'] / 1e9:.3f}, "
+                  f"throughput x{r['throughput_ratio']:.2f}")
+        for comparison in comparisons:
+            if comparison["metric"] == "rank1":
+                print(f"[{comparison['split']}] {format_comparison({**comparison, 'split': None})}")
+        return
     comparisons: list[dict] = []
     if args.retime:
         rows = retime(args.profile, args.params, args.overrides, args.json)

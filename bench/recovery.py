@@ -8,7 +8,9 @@ runs, in order of importance so an interrupted run still answers the main questi
 - the pruning stages with the default recovery (distillation, BatchNorm recalibration, gradual
   removal: params.yaml `prune`);
 - ablations of prune_during, each changing one recovery setting (`VARIANTS`), and the recipe
-  before issue 13 (`old_recipe`: legacy schedule, no teacher, no recalibration).
+  before issue 13 (`old_recipe`: legacy schedule, no teacher, no recalibration);
+- the budget sweep: adapt_only, prune_during and small_dense at 12 and 24 epochs (is the gap to
+  the unpruned model budget or capacity?).
 Default-recipe runs write where `bench.scenarios` does (either reuses the other's results);
 variants under outputs/.../ablations/<variant>/.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -32,7 +35,8 @@ from reid_models import stages
 from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, pretrain_small_dense, run_scenario
 from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference
 
-# Recovery variants of a pruning scenario: -S overrides on top of params.yaml.
+# Variants: -S overrides on top of params.yaml. Recovery ablations change one setting of the
+# pruning step; budget variants (epochsN) change every scenario's training epochs.
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "old_recipe": ["prune.schedule=legacy", "prune.distill=false", "prune.bn_recalibration_batches=0"],
@@ -41,34 +45,52 @@ VARIANTS: dict[str, list[str]] = {
     "legacy_schedule": ["prune.schedule=legacy"],
     "teacher_start": ["prune.during_teacher=start"],
     "scope_internal": ["prune.scope=internal"],
+    "epochs12": ["scenarios.epochs=12"],
+    "epochs24": ["scenarios.epochs=24"],
 }
 REFERENCES = ("adapt_only", "adapt_short", "small_dense")
-# (scenario, adaptation, variant), most important first.
-PLAN: list[tuple[str, str, str]] = [
-    ("adapt_only", "supervised", "default"),
-    ("prune_during", "supervised", "default"),
-    ("small_dense", "supervised", "default"),
-    ("old_recipe_during", "supervised", "old_recipe"),
-    ("adapt_short", "supervised", "default"),
-    ("prune_after", "supervised", "default"),
-    ("prune_before", "supervised", "default"),
-    ("adapt_only", "unsupervised", "default"),
-    ("prune_during", "unsupervised", "default"),
-    ("no_distill_during", "supervised", "no_distill"),
-    ("no_bn_recal_during", "supervised", "no_bn_recal"),
-    ("legacy_schedule_during", "supervised", "legacy_schedule"),
-    ("teacher_start_during", "supervised", "teacher_start"),
-    ("scope_internal_during", "supervised", "scope_internal"),
-    ("prune_before", "unsupervised", "default"),
+
+
+class Run(NamedTuple):
+    label: str  # unique within an adaptation mode
+    scenario: str
+    adaptation: str
+    variant: str = "default"
+
+    @property
+    def budget(self) -> str:
+        """The references a run is compared with: its own budget variant's, else the default's."""
+        return self.variant if self.variant.startswith("epochs") else "default"
+
+
+def _budget_runs(variant: str) -> list[Run]:
+    return [Run(f"{name}@{variant}", name, "supervised", variant) for name in ("adapt_only", "prune_during",
+                                                                                "small_dense")]
+
+
+# Most important first: an interrupted run still answers the main question.
+PLAN: list[Run] = [
+    Run("adapt_only", "adapt_only", "supervised"),
+    Run("prune_during", "prune_during", "supervised"),
+    Run("small_dense", "small_dense", "supervised"),
+    Run("old_recipe_during", "prune_during", "supervised", "old_recipe"),
+    Run("no_distill_during", "prune_during", "supervised", "no_distill"),
+    *_budget_runs("epochs12"),
+    Run("adapt_short", "adapt_short", "supervised"),
+    Run("prune_after", "prune_after", "supervised"),
+    Run("prune_before", "prune_before", "supervised"),
+    Run("no_bn_recal_during", "prune_during", "supervised", "no_bn_recal"),
+    Run("legacy_schedule_during", "prune_during", "supervised", "legacy_schedule"),
+    Run("teacher_start_during", "prune_during", "supervised", "teacher_start"),
+    Run("scope_internal_during", "prune_during", "supervised", "scope_internal"),
+    Run("adapt_only", "adapt_only", "unsupervised"),
+    Run("prune_during", "prune_during", "unsupervised"),
+    Run("prune_before", "prune_before", "unsupervised"),
+    *_budget_runs("epochs24"),
 ]
 
 
-def scenario_name(label: str) -> str:
-    """`old_recipe_during` -> prune_during (a variant's label names the stage it ablates)."""
-    return "prune_during" if label.endswith("_during") and label != "prune_during" else label
-
-
-def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: list[tuple[str, str, str]],
+def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: list[Run],
              reduction: float) -> list[dict]:
     base = settings_for_seed(params, profile, overrides, seed)
     torch.set_num_threads(base.orchestration.torch_threads)
@@ -77,21 +99,21 @@ def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: l
     outputs = Path(base.outputs)
     source = stages.pretrain(base, outputs / "pretrain")["checkpoint"]
     rows = []
-    for label, adaptation, variant in plan:
-        name = scenario_name(label)
-        settings = settings_for_seed(params, profile, [*overrides, *VARIANTS[variant]], seed)
-        unpruned = name in ("adapt_only", "adapt_short")
-        scenario = Scenario(name, "none" if name in REFERENCES else settings.prune.criterion,
-                            0.0 if unpruned else reduction, adaptation, seed)
-        out_dir = outputs / "scenarios" / scenario.key if variant == "default" else \
-            outputs / "ablations" / variant / scenario.key
+    for run in plan:
+        settings = settings_for_seed(params, profile, [*overrides, *VARIANTS[run.variant]], seed)
+        unpruned = run.scenario in ("adapt_only", "adapt_short")
+        scenario = Scenario(run.scenario, "none" if run.scenario in REFERENCES else settings.prune.criterion,
+                            0.0 if unpruned else reduction, run.adaptation, seed)
+        # The default variant writes where bench.scenarios / reid-prune run do; the others apart.
+        out_dir = outputs / "scenarios" / scenario.key if run.variant == "default" else \
+            outputs / "ablations" / run.variant / scenario.key
         small_dense = pretrain_small_dense(settings, reduction, outputs / "scenarios" / f"small_dense_source_{reduction:g}") \
-            if name == "small_dense" else None
+            if run.scenario == "small_dense" else None
         row = run_scenario(scenario, settings, source, out_dir, small_dense, progress=False)
-        row = {**row, "label": label, "variant": variant}
+        row = {**row, "label": run.label, "variant": run.variant, "budget": run.budget}
         logging.info("seed %d %s (%s): test rank1 %.3f, val rank1 %.3f, GFLOPs %.3f, train GFLOPs %.0f (%.0f s)",
-                     seed, label, adaptation, row["rank1"], row.get("val_rank1", float("nan")), row["flops"] / 1e9,
-                     row["train_gflops"], row["seconds"])
+                     seed, run.label, run.adaptation, row["rank1"], row.get("val_rank1", float("nan")),
+                     row["flops"] / 1e9, row["train_gflops"], row["seconds"])
         rows.append(row)
     return rows
 
@@ -103,15 +125,18 @@ def _per_query(row: dict, split: str) -> dict | None:
 
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Paired over the seeds both ran: each pruned row vs adapt_only / adapt_short / small_dense of
-    its adaptation, and each ablation vs the default prune_during; rank-1 and mAP, test and val."""
+    its adaptation and budget, and each recovery ablation vs the default prune_during; rank-1 and
+    mAP, test and val."""
     by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     pairs = []
     for mode in sorted({r["adaptation"] for r in rows}):
-        pruned = sorted({r["label"] for r in rows if r["adaptation"] == mode and r["label"] not in REFERENCES})
-        for label in pruned:
+        pruned = {(r["label"], r["budget"], r["variant"]) for r in rows
+                  if r["adaptation"] == mode and r["name"] not in REFERENCES}
+        for label, budget, variant in sorted(pruned):
             for reference in REFERENCES:
-                pairs.append((mode, label, reference, f"vs_{reference}"))
-            if label != "prune_during" and label.endswith("_during"):
+                pairs.append((mode, label, reference if budget == "default" else f"{reference}@{budget}",
+                              f"vs_{reference}"))
+            if variant not in ("default", budget):
                 pairs.append((mode, label, "prune_during", "ablation"))
     records = []
     for mode, a, b, kind in pairs:
@@ -133,17 +158,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--reduction", type=float, default=0.5, help="share of FLOPs the pruned models remove")
     parser.add_argument("--only", default="", help="comma-separated labels of PLAN to run (default: all)")
+    parser.add_argument("--adaptation", choices=["supervised", "unsupervised"], help="only this mode's runs")
     parser.add_argument("--json", type=Path, help="rows here (after every seed), comparisons beside it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     wanted = {label for label in args.only.split(",") if label}
-    unknown = wanted - {label for label, _, _ in PLAN}
+    unknown = wanted - {run.label for run in PLAN}
     if unknown:
-        parser.error(f"--only: unknown labels {sorted(unknown)}; choose from {sorted({p[0] for p in PLAN})}")
-    plan = [step for step in PLAN if not wanted or step[0] in wanted]
+        parser.error(f"--only: unknown labels {sorted(unknown)}; choose from {sorted({r.label for r in PLAN})}")
+    plan = [run for run in PLAN if (not wanted or run.label in wanted)
+            and (args.adaptation is None or run.adaptation == args.adaptation)]
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:  # fail fast on bad settings, before any training
-        for variant in {v for _, _, v in plan}:
+        for variant in {run.variant for run in plan}:
             settings_for_seed(args.params, args.profile, [*args.overrides, *VARIANTS[variant]], seed)
     rows: list[dict] = []
     for seed in seeds:

@@ -177,6 +177,10 @@ class PruneSettings(Section):
     flops_reduction: float = Field(0.5, gt=0.0, le=0.95, description="share of FLOPs to remove, (0, 0.95]")
     mode: Literal["progressive", "oneshot"] = "progressive"
     allocation: Literal["global", "uniform"] = "global"
+    # global only: rank with this criterion's scores to decide how many channels each group loses,
+    # and let `criterion` choose only which ones (criteria compared under one shared allocation);
+    # null: the criterion allocates with its own scores.
+    allocation_criterion: Literal["plfp", "l1", "l2", "fpgm"] | None = None
     layer_cap: float = Field(0.95, gt=0.0, le=0.95, description="most a channel group may lose")
     plfp_k: int = Field(3, ge=1, le=64)
     decay: float = Field(0.3, ge=0.0, lt=1.0, description="PLFP: selected filters are multiplied by it each epoch")

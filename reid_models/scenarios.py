@@ -444,7 +444,9 @@ def recovery_settings(scenario: Scenario, settings: Settings) -> str:
     distill = (f"distill f{p.distill_feature_weight:g}/r{p.distill_relation_weight:g}"
                + (f" {p.during_teacher}" if scenario.name == "prune_during" else "")) if p.distill else "no distill"
     schedule = f"gradual {p.ramp} remove@{p.remove_at:g}" if p.schedule == "gradual" else "legacy"
-    return f"{schedule}, {distill}, bn-recal {p.bn_recalibration_batches}, scope {p.scope}, decay {p.decay:g}"
+    allocation = p.allocation + (f" by {p.allocation_criterion}" if p.allocation_criterion else "")
+    return (f"{schedule}, {distill}, bn-recal {p.bn_recalibration_batches}, scope {p.scope}, decay {p.decay:g}, "
+            f"allocation {allocation}")
 
 
 def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float], dict]:

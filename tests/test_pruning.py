@@ -267,3 +267,21 @@ def test_taylor_keeps_choosing_a_decayed_channel():
     kept = sum(len(set(chosen[name]) & set(again[name])) for name in chosen) / sum(map(len, chosen.values()))
     chance = sum(8 / g.channels for g in graph.filter_groups()) / len(graph.groups)
     assert kept > 3 * chance
+
+
+def test_a_shared_allocation_leaves_criteria_only_the_choice_of_filters():
+    """With allocation_criterion set, every criterion removes the same number of channels per
+    group (the shared ranking's), so a comparison measures which filters go, not how many."""
+    from reid_models.pruning.prune import ChannelSelector
+
+    def selection(criterion: str, shared: str | None) -> dict[str, list[int]]:
+        settings = PruneSettings(criterion=criterion, allocation_criterion=shared)
+        return ChannelSelector(trained_looking("resnet18"), build_criterion(criterion, seed=3), settings, H, W).select()
+
+    own_l2, own_random = selection("l2", None), selection("random", None)
+    shared_l2, shared_random = selection("l2", "l1"), selection("random", "l1")
+    counts = {name: len(channels) for name, channels in shared_l2.items()}
+    assert counts == {name: len(channels) for name, channels in shared_random.items()}
+    assert counts == {name: len(channels) for name, channels in selection("l1", None).items()}
+    assert shared_l2 != shared_random  # the criterion still chooses which ones
+    assert {n: len(c) for n, c in own_l2.items()} != {n: len(c) for n, c in own_random.items()}

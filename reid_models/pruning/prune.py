@@ -27,7 +27,7 @@ from reid_models.config import PruneSettings
 from reid_models.data.loading import IdentityBatchSampler, ImageSet
 from reid_models.models import ReIDNet
 from reid_models.pruning.budget import allocate
-from reid_models.pruning.criteria import Criterion
+from reid_models.pruning.criteria import Criterion, build_criterion
 from reid_models.pruning.graph import ChannelGraph
 from reid_models.pruning.recovery import (GradualPruner, Teacher, recalibrate_batchnorm, removal_epochs,
                                           training_gflops)
@@ -91,6 +91,9 @@ class ChannelSelector:
         self.model, self.criterion, self.settings = model, criterion, settings
         self.height, self.width, self.batches = height, width, batches
         self.graph = ChannelGraph(model, height, width, settings.prune_embedding, settings.scope)
+        # How many channels each group loses: the criterion's own scores, or a shared criterion's.
+        self.allocator = criterion if settings.allocation_criterion is None else \
+            build_criterion(settings.allocation_criterion, settings.plfp_k)
 
     def _accumulate_gradients(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -106,7 +109,7 @@ class ChannelSelector:
             self._accumulate_gradients()
         groups = self.graph.filter_groups(with_gradients=self.criterion.needs_gradients)
         reduction = self.settings.flops_reduction if flops_reduction is None else flops_reduction
-        counts = allocate(self.model, groups, self.criterion, reduction, self.height,
+        counts = allocate(self.model, groups, self.allocator, reduction, self.height,
                           self.width, self.settings.allocation, self.settings.layer_cap,
                           self.settings.prune_embedding, self.settings.round_channels)
         if self.criterion.needs_gradients:
