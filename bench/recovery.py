@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "legacy_schedule": ["prune.schedule=legacy"],
     "teacher_start": ["prune.during_teacher=start"],
     "scope_internal": ["prune.scope=internal"],
+    "remove_early": ["prune.remove_at=0.34"],  # 6 epochs: ramp 2, removal, 4 in the final shape
     "epochs12": ["scenarios.epochs=12"],
     "epochs24": ["scenarios.epochs=24"],
 }
@@ -75,12 +76,13 @@ PLAN: list[Run] = [
     Run("small_dense", "small_dense", "supervised"),
     Run("old_recipe_during", "prune_during", "supervised", "old_recipe"),
     Run("no_distill_during", "prune_during", "supervised", "no_distill"),
+    Run("legacy_schedule_during", "prune_during", "supervised", "legacy_schedule"),
+    Run("remove_early_during", "prune_during", "supervised", "remove_early"),
     *_budget_runs("epochs12"),
     Run("adapt_short", "adapt_short", "supervised"),
     Run("prune_after", "prune_after", "supervised"),
     Run("prune_before", "prune_before", "supervised"),
     Run("no_bn_recal_during", "prune_during", "supervised", "no_bn_recal"),
-    Run("legacy_schedule_during", "prune_during", "supervised", "legacy_schedule"),
     Run("teacher_start_during", "prune_during", "supervised", "teacher_start"),
     Run("scope_internal_during", "prune_during", "supervised", "scope_internal"),
     Run("adapt_only", "adapt_only", "unsupervised"),

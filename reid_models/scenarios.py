@@ -208,8 +208,10 @@ class ScenarioRun:
             self.model = model_from_payload(payload, str(saved))
             history = payload["history"]
             info = payload.get("info", {})
-            if (step_dir / TEACHER_FILE).is_file() and self.teacher is not None:
-                self.teacher.load_state(load_checkpoint(step_dir / TEACHER_FILE))
+            if (step_dir / TEACHER_FILE).is_file():  # the recovery step after it needs its teacher
+                saved_teacher = load_checkpoint(step_dir / TEACHER_FILE)
+                self.teacher = Teacher(model_from_payload(saved_teacher, str(step_dir / TEACHER_FILE)),
+                                       self.settings.prune, saved_teacher["momentum"], saved_teacher["label"])
             log.info("%s: step %d (%s) already done", self.scenario.key, index, name)
         else:
             # The step's own generator (new identity heads): never torch's global RNG, which
@@ -220,7 +222,8 @@ class ScenarioRun:
             self.model.cpu()
             info = self.info
             if self.teacher is not None:  # a later step (recovery) goes on with this teacher
-                save_checkpoint(step_dir / TEACHER_FILE, self.teacher.state())
+                save_checkpoint(step_dir / TEACHER_FILE, model_payload(
+                    self.teacher.model, self.settings, [], momentum=self.teacher.momentum, label=self.teacher.label))
             save_checkpoint(saved, model_payload(self.model, self.settings, history, step=name, info=info))
         images = sum(r.get("images", 0) for r in history)
         self.steps.append({"name": name, "epochs": len(history) if history and "epoch" in history[0] else

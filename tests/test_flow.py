@@ -36,13 +36,17 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     rows = {(r["name"], r["adaptation"]): r for r in result["rows"]}
 
     assert {name for name, _ in rows} == set(SCENARIO_NAMES)
-    assert len(rows) == 1 + 5 * 2  # source_only has no adaptation; the rest run supervised and unsupervised
-    budget = images_budget(settings_for("quick", overrides, str(PARAMS)))
+    assert len(rows) == 1 + 6 * 2  # source_only has no adaptation; the rest run supervised and unsupervised
+    settings = settings_for("quick", overrides, str(PARAMS))
+    budget = images_budget(settings)
+    short = budget * (settings.scenarios.epochs - settings.scenarios.prune_epochs) // settings.scenarios.epochs
     unpruned = rows[("adapt_only", "supervised")]
     for (name, adaptation), row in rows.items():
         assert 0.0 <= row["rank1"] <= row["rank5"] <= row["rank10"] <= 1.0
         assert 0.0 < row["mAP"] <= 1.0 and 0.0 < row["mINP"] <= 1.0 and row["latency_ms"] > 0
-        assert row["images_seen"] == (0 if name == "source_only" else budget), (name, adaptation)
+        expected = {"source_only": 0, "adapt_short": short}.get(name, budget)  # adapt_short: the before/after
+        assert row["images_seen"] == expected, (name, adaptation)           # scenarios' adaptation epochs
+        assert (row["train_gflops"] > 0) == (name != "source_only")
         if name in ("prune_before", "prune_during", "prune_after", "small_dense"):
             # The pruning budget lands within 2 points; the uniformly thinned dense net within 5.
             tolerance = 0.05 if name == "small_dense" else 0.02
@@ -70,6 +74,10 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     assert child.data.metrics["rank1"] == pytest.approx(rows[("prune_during", "supervised")]["rank1"])
     assert len(client.get_metric_history(child.info.run_id, "train.loss")) == 2  # one point per epoch
     assert {"git_commit", "data_dvc_md5", "profile"} <= set(child.data.tags)
+    # The recovery it ran with: teacher, training compute with the teacher's forwards, the ablation settings.
+    assert child.data.params["teacher"].startswith("mean teacher")
+    assert child.data.params["recovery"].startswith("gradual") and child.data.params["prune.distill"] == "True"
+    assert child.data.metrics["train_gflops"] == pytest.approx(rows[("prune_during", "supervised")]["train_gflops"])
     logged = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"model", "cmc.png", "result.json", "pruning"} <= logged
     assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {"model/model.pt",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -123,3 +124,45 @@ def test_mean_teacher_follows_until_the_student_is_pruned():
     kept = teacher.model.backbone.conv1.weight.clone()
     teacher.follow(student)
     assert teacher.momentum == 0.0 and torch.equal(teacher.model.backbone.conv1.weight, kept)
+
+
+def test_prune_during_resumed_after_the_removal_keeps_its_teacher_and_pruned_shape(tiny_domains, tmp_path,
+                                                                                  monkeypatch):
+    """Killed between removal and recovery, a re-run starts the recovery from the saved small
+    model with the same teacher; the final model has the pruned shapes."""
+    from reid_models import scenarios
+    from reid_models.checkpoint import load_checkpoint
+    from reid_models.config import load_settings
+    from reid_models.stages import model_from_payload, pretrain
+    from tests.conftest import PARAMS, quick_overrides
+
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                "pretrain.epochs=1", "prune.finetune.ids_per_batch=2", "adapt.train.ids_per_batch=2",
+                                "scenarios.epochs=4")
+    settings = load_settings(PARAMS, "quick", overrides)
+    source = pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+    scenario = scenarios.Scenario("prune_during", "l2", 0.5, "supervised", 0)
+    out = tmp_path / "run"
+    train_on_target = scenarios.ScenarioRun.train_on_target
+
+    def crash_in_recovery(self, name, *args, **kwargs):
+        if name == "recover_target":
+            raise RuntimeError("killed after the removal")
+        return train_on_target(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(scenarios.ScenarioRun, "train_on_target", crash_in_recovery)
+    with pytest.raises(RuntimeError):
+        scenarios.run_scenario(scenario, settings, source, out, progress=False)
+    removed = load_checkpoint(out / "step1_prune_target" / "model.pt")
+    assert removed["info"]["recalibration_images"] > 0
+    monkeypatch.undo()
+
+    row = scenarios.run_scenario(scenario, settings, source, out, progress=False)
+    steps = json.loads((out / "steps.json").read_text())
+    assert [s["name"] for s in steps] == ["prune_target", "recover_target"] and [s["epochs"] for s in steps] == [2, 2]
+    assert steps[0]["teacher"] == steps[1]["teacher"] and steps[1]["teacher"].startswith("mean teacher")
+    final = model_from_payload(load_checkpoint(out / "model.pt"), "final")
+    small = model_from_payload(removed, "removed")
+    assert [p.shape for p in final.backbone.parameters()] == [p.shape for p in small.backbone.parameters()]
+    full = count_flops(ReIDNet("osnet_x0_25", 2), settings.data.height, settings.data.width)
+    assert abs(1 - row["flops"] / full - 0.5) <= 0.02
