@@ -3,14 +3,14 @@
     python -m bench.recovery --profile default --seeds 0,1,2 --json docs/bench/recovery_default.json
 
 For each seed (its own source model, shared with `bench.scenarios` and `reid-prune run`) this
-runs, in order of importance so an interrupted run still answers the main question:
+runs `PLAN`, most important first, so an interrupted run still answers the main question:
 - the references: adapt_only, adapt_short (the epochs prune_before/after adapt), small_dense;
-- the pruning stages with the default recovery (distillation, BatchNorm recalibration, gradual
-  removal: params.yaml `prune`);
-- ablations of prune_during, each changing one recovery setting (`VARIANTS`), and the recipe
-  before issue 13 (`old_recipe`: legacy schedule, no teacher, no recalibration);
-- the budget sweep: adapt_only, prune_during and small_dense at 12 and 24 epochs (is the gap to
-  the unpruned model budget or capacity?).
+- prune_during with the default recovery (params.yaml `prune`: the legacy schedule, no teacher)
+  and with the gradual recipe of issue 13 (ramp, removal at half the step, recovery in the final
+  shape with a mean teacher, BatchNorm recalibration), and ablations of each part (`VARIANTS`);
+- the budget sweep: adapt_only, prune_during and small_dense at 12 (and 24) epochs: is the gap
+  to the unpruned model budget or capacity?
+`--only` picks labels, `--finished-only` collects finished runs without training any.
 Default-recipe runs write where `bench.scenarios` does (either reuses the other's results);
 variants under outputs/.../ablations/<variant>/.
 
@@ -32,21 +32,24 @@ import torch
 from bench.scenarios import comparisons_path, settings_for_seed
 from bench.settings_cli import settings_parser
 from reid_models import stages
-from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, pretrain_small_dense, run_scenario
+from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, fingerprint, pretrain_small_dense, run_scenario
 from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference
 
-# Variants: -S overrides on top of params.yaml. Recovery ablations change one setting of the
-# pruning step; budget variants (epochsN) change every scenario's training epochs.
+# Variants: -S overrides on top of params.yaml, explicit about the recovery they run, so a change
+# of default does not change what a variant means. The default (params.yaml `prune`) is the legacy
+# schedule without a teacher, chosen on the validation split from these runs (RESULTS s.6).
+GRADUAL = ["prune.schedule=gradual", "prune.distill=true", "prune.bn_recalibration_batches=40"]
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "old_recipe": ["prune.schedule=legacy", "prune.distill=false", "prune.bn_recalibration_batches=0"],
-    "no_distill": ["prune.distill=false"],
-    "no_bn_recal": ["prune.bn_recalibration_batches=0"],
-    "legacy_schedule": ["prune.schedule=legacy"],
-    "teacher_start": ["prune.during_teacher=start"],
+    "gradual": GRADUAL,  # ramp, removal at half the step, recovery with the mean teacher, BN recalibration
+    "gradual_no_distill": [*GRADUAL, "prune.distill=false"],
+    "gradual_no_bn_recal": [*GRADUAL, "prune.bn_recalibration_batches=0"],
+    "gradual_remove_early": [*GRADUAL, "prune.remove_at=0.34"],  # 6 epochs: ramp 2, removal, 4 in the final shape
+    "gradual_teacher_start": [*GRADUAL, "prune.during_teacher=start"],
+    "legacy_distill": ["prune.schedule=legacy", "prune.distill=true", "prune.bn_recalibration_batches=40"],
     "scope_internal": ["prune.scope=internal"],
-    "remove_early": ["prune.remove_at=0.34"],  # 6 epochs: ramp 2, removal, 4 in the final shape
     "epochs12": ["scenarios.epochs=12"],
+    "gradual_epochs12": [*GRADUAL, "scenarios.epochs=12"],
     "epochs24": ["scenarios.epochs=24"],
 }
 REFERENCES = ("adapt_only", "adapt_short", "small_dense")
@@ -57,16 +60,13 @@ class Run(NamedTuple):
     scenario: str
     adaptation: str
     variant: str = "default"
-
-    @property
-    def budget(self) -> str:
-        """The references a run is compared with: its own budget variant's, else the default's."""
-        return self.variant if self.variant.startswith("epochs") else "default"
+    budget: str = "default"  # whose references (adapt_only, small_dense ...) it is compared with
+    versus: str | None = None  # the run it is an ablation of
 
 
-def _budget_runs(variant: str) -> list[Run]:
-    return [Run(f"{name}@{variant}", name, "supervised", variant) for name in ("adapt_only", "prune_during",
-                                                                                "small_dense")]
+def _sup(label: str, variant: str, versus: str | None = None, budget: str = "default",
+         scenario: str = "prune_during") -> Run:
+    return Run(label, scenario, "supervised", variant, budget, versus)
 
 
 # Most important first: an interrupted run still answers the main question.
@@ -74,26 +74,31 @@ PLAN: list[Run] = [
     Run("adapt_only", "adapt_only", "supervised"),
     Run("prune_during", "prune_during", "supervised"),
     Run("small_dense", "small_dense", "supervised"),
-    Run("old_recipe_during", "prune_during", "supervised", "old_recipe"),
-    Run("no_distill_during", "prune_during", "supervised", "no_distill"),
-    Run("legacy_schedule_during", "prune_during", "supervised", "legacy_schedule"),
-    Run("remove_early_during", "prune_during", "supervised", "remove_early"),
-    *_budget_runs("epochs12"),
+    _sup("gradual_during", "gradual", versus="prune_during"),
+    _sup("gradual_no_distill_during", "gradual_no_distill", versus="gradual_during"),
+    _sup("legacy_distill_during", "legacy_distill", versus="prune_during"),
+    _sup("gradual_remove_early_during", "gradual_remove_early", versus="gradual_during"),
+    _sup("adapt_only@12", "epochs12", budget="epochs12", scenario="adapt_only"),
+    _sup("gradual_during@12", "gradual_epochs12", budget="epochs12", versus="prune_during@12"),
+    _sup("prune_during@12", "epochs12", budget="epochs12"),
+    _sup("small_dense@12", "epochs12", budget="epochs12", scenario="small_dense"),
     Run("adapt_short", "adapt_short", "supervised"),
     Run("prune_after", "prune_after", "supervised"),
     Run("prune_before", "prune_before", "supervised"),
-    Run("no_bn_recal_during", "prune_during", "supervised", "no_bn_recal"),
-    Run("teacher_start_during", "prune_during", "supervised", "teacher_start"),
-    Run("scope_internal_during", "prune_during", "supervised", "scope_internal"),
+    _sup("gradual_no_bn_recal_during", "gradual_no_bn_recal", versus="gradual_during"),
+    _sup("gradual_teacher_start_during", "gradual_teacher_start", versus="gradual_during"),
+    _sup("scope_internal_during", "scope_internal", versus="prune_during"),
     Run("adapt_only", "adapt_only", "unsupervised"),
     Run("prune_during", "prune_during", "unsupervised"),
     Run("prune_before", "prune_before", "unsupervised"),
-    *_budget_runs("epochs24"),
+    _sup("adapt_only@24", "epochs24", budget="epochs24", scenario="adapt_only"),
+    _sup("prune_during@24", "epochs24", budget="epochs24"),
+    _sup("small_dense@24", "epochs24", budget="epochs24", scenario="small_dense"),
 ]
 
 
 def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: list[Run],
-             reduction: float) -> list[dict]:
+             reduction: float, finished_only: bool = False) -> list[dict]:
     base = settings_for_seed(params, profile, overrides, seed)
     torch.set_num_threads(base.orchestration.torch_threads)
     for domain in ("source", "target"):
@@ -109,15 +114,30 @@ def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: l
         # The default variant writes where bench.scenarios / reid-prune run do; the others apart.
         out_dir = outputs / "scenarios" / scenario.key if run.variant == "default" else \
             outputs / "ablations" / run.variant / scenario.key
+        if finished_only and not _finished(scenario, settings, out_dir, source, reduction):
+            continue
         small_dense = pretrain_small_dense(settings, reduction, outputs / "scenarios" / f"small_dense_source_{reduction:g}") \
             if run.scenario == "small_dense" else None
         row = run_scenario(scenario, settings, source, out_dir, small_dense, progress=False)
-        row = {**row, "label": run.label, "variant": run.variant, "budget": run.budget}
+        row = {**row, "label": run.label, "variant": run.variant, "budget": run.budget, "versus": run.versus}
         logging.info("seed %d %s (%s): test rank1 %.3f, val rank1 %.3f, GFLOPs %.3f, train GFLOPs %.0f (%.0f s)",
                      seed, run.label, run.adaptation, row["rank1"], row.get("val_rank1", float("nan")),
                      row["flops"] / 1e9, row["train_gflops"], row["seconds"])
         rows.append(row)
     return rows
+
+
+def _finished(scenario: Scenario, settings, out_dir: Path, source: str, reduction: float) -> bool:
+    """A saved result of these very settings (a stale one is reported, never deleted, here)."""
+    start = Path(source) if scenario.name != "small_dense" else \
+        Path(settings.outputs) / "scenarios" / f"small_dense_source_{reduction:g}" / "model.pt"
+    marker = out_dir / "fingerprint.txt"
+    if not (out_dir / "result.json").is_file() or not start.is_file():
+        return False
+    if marker.read_text() != fingerprint(scenario, settings, start):
+        logging.warning("%s: saved under other settings; left out", out_dir)
+        return False
+    return True
 
 
 def _per_query(row: dict, split: str) -> dict | None:
@@ -127,19 +147,18 @@ def _per_query(row: dict, split: str) -> dict | None:
 
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Paired over the seeds both ran: each pruned row vs adapt_only / adapt_short / small_dense of
-    its adaptation and budget, and each recovery ablation vs the default prune_during; rank-1 and
-    mAP, test and val."""
+    its adaptation and budget, and each ablation vs the run it ablates; rank-1 and mAP, test and val."""
     by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     pairs = []
     for mode in sorted({r["adaptation"] for r in rows}):
-        pruned = {(r["label"], r["budget"], r["variant"]) for r in rows
+        pruned = {(r["label"], r["budget"], r["versus"]) for r in rows
                   if r["adaptation"] == mode and r["name"] not in REFERENCES}
-        for label, budget, variant in sorted(pruned):
+        for label, budget, versus in sorted(pruned, key=str):
+            suffix = "" if budget == "default" else "@" + budget.removeprefix("epochs")
             for reference in REFERENCES:
-                pairs.append((mode, label, reference if budget == "default" else f"{reference}@{budget}",
-                              f"vs_{reference}"))
-            if variant not in ("default", budget):
-                pairs.append((mode, label, "prune_during", "ablation"))
+                pairs.append((mode, label, reference + suffix, f"vs_{reference}"))
+            if versus:
+                pairs.append((mode, label, versus, "ablation"))
     records = []
     for mode, a, b, kind in pairs:
         seeds = sorted(s for (label, m, s) in by if label == a and m == mode and (b, mode, s) in by)
@@ -160,6 +179,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--reduction", type=float, default=0.5, help="share of FLOPs the pruned models remove")
     parser.add_argument("--only", default="", help="comma-separated labels of PLAN to run (default: all)")
+    parser.add_argument("--finished-only", action="store_true", help="collect finished runs, train nothing")
     parser.add_argument("--adaptation", choices=["supervised", "unsupervised"], help="only this mode's runs")
     parser.add_argument("--json", type=Path, help="rows here (after every seed), comparisons beside it")
     args = parser.parse_args()
@@ -176,7 +196,7 @@ def main() -> None:
             settings_for_seed(args.params, args.profile, [*args.overrides, *VARIANTS[variant]], seed)
     rows: list[dict] = []
     for seed in seeds:
-        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction)
+        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction, args.finished_only)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -192,13 +192,13 @@ class PruneSettings(Section):
     finetune: FinetuneSettings = FinetuneSettings()
     # Recovery (reid_models/pruning/recovery.py). gradual: the pruned share ramps up to the budget,
     # the channels go at `remove_at` of the step, the small network trains the rest; legacy: decay
-    # the whole budget every epoch, remove after the last one (the schedule before issue 13).
-    schedule: Literal["gradual", "legacy"] = "gradual"
+    # the whole budget every epoch, remove after the last one. Defaults: params.yaml says why.
+    schedule: Literal["gradual", "legacy"] = "legacy"
     ramp: Literal["cubic", "linear"] = "cubic"
     remove_at: float = Field(0.5, gt=0.0, le=1.0, description="share of a pruning step's epochs before removal")
-    bn_recalibration_batches: int = Field(40, ge=0, description="training batches that re-estimate BatchNorm "
+    bn_recalibration_batches: int = Field(0, ge=0, description="training batches that re-estimate BatchNorm "
                                           "statistics after removal; 0: none")
-    distill: bool = True  # an unpruned teacher in every pruning and recovery step
+    distill: bool = False  # an unpruned teacher in every pruning and recovery step
     distill_feature_weight: float = Field(1.0, ge=0.0)
     distill_relation_weight: float = Field(1.0, ge=0.0)
     distill_temperature: float = Field(0.1, gt=0.0)

@@ -93,7 +93,8 @@ def test_network_trains_in_its_final_shape_after_the_removal_point():
     model = ReIDNet("resnet18", 6)
     full = count_params(model)
     sizes: list[int] = []
-    report = prune_model(model, build_criterion("l2"), tiny_settings(remove_at=0.5), tiny_set(), CPU, H, W,
+    settings = tiny_settings(schedule="gradual", distill=True, remove_at=0.5)
+    report = prune_model(model, build_criterion("l2"), settings, tiny_set(), CPU, H, W,
                          on_epoch=lambda record: sizes.append(count_params(model)), progress=False)
     assert sizes[:2] == [full, full] and sizes[2] == sizes[3] < full
     assert len(report.history) == 4 and abs(report.measured_reduction - 0.5) <= 0.02
@@ -138,7 +139,8 @@ def test_prune_during_resumed_after_the_removal_keeps_its_teacher_and_pruned_sha
 
     overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
                                 "pretrain.epochs=1", "prune.finetune.ids_per_batch=2", "adapt.train.ids_per_batch=2",
-                                "scenarios.epochs=4")
+                                "scenarios.epochs=4", "prune.schedule=gradual", "prune.distill=true",
+                                "prune.bn_recalibration_batches=40")
     settings = load_settings(PARAMS, "quick", overrides)
     source = pretrain(settings, tmp_path / "pretrain")["checkpoint"]
     scenario = scenarios.Scenario("prune_during", "l2", 0.5, "supervised", 0)
