@@ -13,8 +13,8 @@ from reid_models import stats
 from reid_models.checkpoint import save_json
 
 # One marker per scenario, one colour per adaptation mode.
-MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_before": "<", "prune_during": "s", "prune_after": ">",
-           "small_dense": "D"}
+MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_before": "<", "prune_during": "s",
+           "prune_after": ">", "small_dense": "D"}
 COLOURS = {"supervised": "tab:blue", "unsupervised": "tab:orange", "none": "tab:gray"}
 SETTINGS_COLUMNS = ["scenario", "criterion", "flops_reduction", "adaptation"]
 

@@ -45,9 +45,9 @@ from reid_models.models import ReIDNet, resolve_device
 from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import L1Norm, build_criterion
 from reid_models.pruning.graph import ChannelGraph
-from reid_models.pruning.prune import ChannelSelector, ProgressivePruner, gradient_batches, prune_model
-from reid_models.pruning.recovery import (GradualPruner, Teacher, recalibrate_batchnorm, removal_epochs,
-                                          training_gflops)
+from reid_models.pruning.prune import (ChannelSelector, GradualPruner, ProgressivePruner, gradient_batches,
+                                       prune_model)
+from reid_models.pruning.recovery import Teacher, recalibrate_batchnorm, removal_epochs, training_gflops
 from reid_models.pruning.spec import architecture_spec
 from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
 from reid_models.stats import PER_QUERY_FILE, save_per_query
@@ -229,7 +229,9 @@ class ScenarioRun:
         self.steps.append({"name": name, "epochs": len(history) if history and "epoch" in history[0] else
                            sum(r.get("epochs", 0) for r in history),
                            "images": images, "history": history,
-                           "train_gflops": info.get("train_gflops", images * 3 * self.start_flops / 1e9), **info})
+                           **info})
+        if "train_gflops" not in info:  # a step saved before train_gflops was recorded
+            self.steps[-1]["train_gflops"] = training_gflops(images, self.start_flops)
 
     @property
     def start_flops(self) -> int:
@@ -293,7 +295,7 @@ class ScenarioRun:
             if pruning in ("ramp", "legacy", "oneshot"):
                 self.teacher = self.make_teacher()
             teacher = self.teacher if pruning else None
-            pruner: ProgressivePruner | GradualPruner | None = None
+            pruner: ProgressivePruner | None = None  # GradualPruner is one
             student_flops = self.start_flops
 
             def selector_for(train_set: ImageSet) -> ChannelSelector:
@@ -378,7 +380,7 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
         shutil.rmtree(out_dir)
     if (out_dir / "result.json").is_file():
         if not (out_dir / PER_QUERY_FILE).is_file():  # finished before per-query results were saved
-            save_per_query(out_dir / PER_QUERY_FILE, _evaluate_on(_saved_model(out_dir), settings, "target")["per_query"])
+            save_per_query(out_dir / PER_QUERY_FILE, _evaluate_on(_saved_model(out_dir), settings, "target")["test"]["per_query"])
         return {**json.loads((out_dir / "result.json").read_text()), "result_dir": str(out_dir)}
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(key)
@@ -433,10 +435,11 @@ def _saved_model(out_dir: Path) -> ReIDNet:
     return model_from_payload(load_checkpoint(path), str(path)).eval()
 
 
-def _evaluate_on(model: ReIDNet, settings: Settings, domain: str, split: str = "test") -> dict:
-    """`evaluate_features`' results on a domain's test (or validation) query/gallery."""
-    splits = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
-    return evaluate_model(model, splits, settings.data, settings.evaluate, resolve_device(settings.device), split)
+def _evaluate_on(model: ReIDNet, settings: Settings, domain: str, splits: tuple[str, ...] = ("test",)) -> dict:
+    """`evaluate_features`' results per query/gallery split ("test", "val") of a domain read once."""
+    read = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
+    device = resolve_device(settings.device)
+    return {split: evaluate_model(model, read, settings.data, settings.evaluate, device, split) for split in splits}
 
 
 def recovery_settings(scenario: Scenario, settings: Settings) -> str:
@@ -454,20 +457,17 @@ def recovery_settings(scenario: Scenario, settings: Settings) -> str:
 
 def evaluate_scenario_model(model: ReIDNet, settings: Settings) -> tuple[dict, list[float], dict]:
     """Cost of the physical model and Market-1501 metrics: target test (the question), source
-    test (what adapting forgot) and target validation (`val_`: where settings are chosen). Also returns the target's CMC curve and
-    its per-query results by split ("test", and "val" when there is one)."""
+    test (what adapting forgot) and target validation (`val_`: where settings are chosen). Also
+    returns the target's CMC curve and its per-query results by split ("test", and "val")."""
     cost = measure(model, settings.data.height, settings.data.width)
     row = {key: cost[key] for key in ("flops", "macs", "params", "size_bytes", "latency_ms", "throughput_ips")}
-    target, source = _evaluate_on(model, settings, "target"), _evaluate_on(model, settings, "source")
-    evaluated = [("", target), ("source_", source)]
-    per_query = {"test": target["per_query"]}
-    if settings.data.val_share > 0:
-        validation = _evaluate_on(model, settings, "target", split="val")
-        evaluated.append(("val_", validation))
-        per_query["val"] = validation["per_query"]
+    target = _evaluate_on(model, settings, "target", ("test", "val") if settings.data.val_share > 0 else ("test",))
+    source = _evaluate_on(model, settings, "source")["test"]
+    evaluated = [("", target["test"]), ("source_", source)] + ([("val_", target["val"])] if "val" in target else [])
+    per_query = {split: result["per_query"] for split, result in target.items()}
     for prefix, metrics in evaluated:
         row.update({f"{prefix}{name}": float(metrics[name]) for name in METRICS})
-    return row, [float(value) for value in target["cmc"]], per_query
+    return row, [float(value) for value in target["test"]["cmc"]], per_query
 
 
 def images_budget(settings: Settings) -> int:

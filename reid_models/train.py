@@ -50,11 +50,6 @@ def reid_loss(out, labels: torch.Tensor, settings: TrainRecipe) -> dict[str, tor
     return {"loss": id_term + settings.triplet_weight * tri_term, "id_loss": id_term, "triplet_loss": tri_term}
 
 
-def terms_seen(totals: dict) -> list[str]:
-    """The loss terms of an epoch's totals (always loss, id_loss, triplet_loss; distillation's when used)."""
-    return ["loss", "id_loss", "triplet_loss", *sorted(k for k in totals if k.startswith("distill"))]
-
-
 def lr_factor(epoch: int, settings: TrainRecipe) -> float:
     """Linear warm-up from 10% of the rate, then cosine decay to 1% or steps of 0.1."""
     if epoch < settings.warmup_epochs:
@@ -143,7 +138,8 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(epoch, settings)
         model.train()
-        totals: dict[str, float] = {"correct": 0, "seen": 0}
+        sums: dict[str, float] = {}  # per loss term (distillation's too, when there is a teacher)
+        correct = seen = 0
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for images, labels, _ in bar:
@@ -160,21 +156,21 @@ def train_model(
                 teacher.follow(model)
             n = len(labels)
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() * n
-            totals["correct"] += int((out.logits.argmax(1) == labels).sum())
-            totals["seen"] += n
-            bar.set_postfix(loss=f"{terms['loss'].item():.3f}", img_s=f"{totals['seen'] / (time.perf_counter() - began):.0f}")
+                sums[name] = sums.get(name, 0.0) + value.item() * n
+            correct += int((out.logits.argmax(1) == labels).sum())
+            seen += n
+            bar.set_postfix(loss=f"{terms['loss'].item():.3f}", img_s=f"{seen / (time.perf_counter() - began):.0f}")
         if epoch_hook:
             epoch_hook(epoch)
         seconds = time.perf_counter() - began
-        seen = max(1, totals["seen"])
+        counted = max(1, seen)
         record = {
             "epoch": epoch + 1,
-            **{name: totals.get(name, 0.0) / seen for name in terms_seen(totals)},
-            "train_accuracy": totals["correct"] / seen,
+            **{name: total / counted for name, total in sums.items()},
+            "train_accuracy": correct / counted,
             "lr": optimizer.param_groups[-1]["lr"],
-            "images": totals["seen"],
-            "images_per_s": totals["seen"] / seconds,
+            "images": seen,
+            "images_per_s": seen / seconds,
             "seconds": seconds,
         }
         history.append(record)

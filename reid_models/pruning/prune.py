@@ -29,8 +29,7 @@ from reid_models.models import ReIDNet
 from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import Criterion, build_criterion
 from reid_models.pruning.graph import ChannelGraph
-from reid_models.pruning.recovery import (GradualPruner, Teacher, recalibrate_batchnorm, removal_epochs,
-                                          training_gflops)
+from reid_models.pruning.recovery import Teacher, ramp_share, recalibrate_batchnorm, removal_epochs, training_gflops
 from reid_models.train import EpochCallback, reid_loss, train_model
 
 log = logging.getLogger(__name__)
@@ -144,6 +143,25 @@ class ProgressivePruner:
         described = _describe(self.selector, selection)
         self.selector.graph.remove_channels(selection)
         return described
+
+
+class GradualPruner(ProgressivePruner):
+    """The gradual schedule's ramp (recovery.py) as an epoch hook: after ramp epoch e, select
+    `ramp_share(e)` of the FLOPs and multiply it by `decay`; after the last ramp epoch select the
+    whole budget and zero it. `finish()` then removes the zeroed channels, as for the legacy one."""
+
+    def __init__(self, selector: ChannelSelector | None, settings: PruneSettings, ramp_epochs: int) -> None:
+        super().__init__(selector, settings.decay, ramp_epochs)
+        self.budget, self.shape = settings.flops_reduction, settings.ramp
+
+    def after_epoch(self, epoch: int) -> None:
+        if epoch > self.last:
+            return
+        share = ramp_share(epoch, self.last + 1, self.budget, self.shape)
+        selection = self.selector.select(flops_reduction=share)
+        self.selector.graph.scale_channels(selection, 0.0 if epoch == self.last else self.decay)
+        log.info("ramp epoch %d: %.1f%% of FLOPs selected, %s", epoch + 1, 100 * share,
+                 "zeroed" if epoch == self.last else f"x{self.decay:g}")
 
 
 def _describe(selector: ChannelSelector, selection: Selection) -> dict[str, dict]:

@@ -10,7 +10,8 @@
   running statistics are re-estimated with a few training batches, forward only.
 - Gradual removal (Zhu and Gupta 2017): the pruned share of FLOPs ramps up over the first part
   of a step (cubic by default), the selection is zeroed and removed at a set point, and the
-  small network trains in its final shape for the rest of the step.
+  small network trains in its final shape for the rest of the step (the epoch hook:
+  `prune.GradualPruner`).
 """
 
 from __future__ import annotations
@@ -146,35 +147,6 @@ def ramp_share(epoch: int, ramp_epochs: int, budget: float, shape: str = "cubic"
     if shape == "linear":
         return budget * progress
     return budget * (1 - (1 - progress) ** 3)
-
-
-class GradualPruner:
-    """Epoch hook for the ramp: after ramp epoch e, select `ramp_share(e)` of the FLOPs and
-    multiply the selection by `decay`; after the last one, select the whole budget and zero it.
-    `finish()` (from prune.ProgressivePruner's contract) then removes the zeroed channels."""
-
-    def __init__(self, selector, settings: PruneSettings, ramp_epochs: int) -> None:
-        self.selector, self.settings, self.ramp_epochs = selector, settings, ramp_epochs
-        self.shares: list[float] = []
-
-    def after_epoch(self, epoch: int) -> None:
-        if epoch >= self.ramp_epochs:
-            return
-        share = ramp_share(epoch, self.ramp_epochs, self.settings.flops_reduction, self.settings.ramp)
-        last = epoch == self.ramp_epochs - 1
-        selection = self.selector.select(flops_reduction=share)
-        self.selector.graph.scale_channels(selection, 0.0 if last else self.settings.decay)
-        self.shares.append(share)
-        log.info("ramp epoch %d: %.1f%% of FLOPs selected, %s", epoch + 1, 100 * share,
-                 "zeroed" if last else f"x{self.settings.decay:g}")
-
-    def finish(self) -> dict[str, dict]:
-        from reid_models.pruning.prune import _describe
-
-        selection = self.selector.zeroed_channels()
-        described = _describe(self.selector, selection)
-        self.selector.graph.remove_channels(selection)
-        return described
 
 
 def training_gflops(images: int, student_flops: int, teacher_flops: int = 0, forward_only_images: int = 0,
