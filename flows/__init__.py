@@ -22,6 +22,7 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 
+STAGE_NAMES = ("data", "pretrain", "scenarios", "report")  # the stage flows, in dvc.yaml's order
 STATE_FILE = "services.json"  # where `make serve` records its PIDs and URLs (flows/services.py)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +16,8 @@ from rich.table import Table
 import flows  # sets telemetry-off environment before Prefect/MLflow load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Prune a person ReID model for a new camera domain, with evidence.")
+                  help="Prune a person ReID model for a new camera domain, with evidence.\n\n"
+                       "Example: reid-prune doctor; reid-prune run --profile quick; reid-prune report")
 # Long paths in errors stay on one line; piped output (CI, logs) gets room for the metrics table.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
@@ -23,24 +26,117 @@ SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="ove
 ParamsOption = Annotated[str, typer.Option("--params", help="settings file")]
 
 
+# Loggers whose INFO lines the user reads; everything else (faiss's loader, torchreid's Cython
+# warning, Prefect's engine and crash reports) goes only to the log file unless --verbose.
+OUR_LOGGERS = ("reid_models", "tasks", "flows", "bench", "__main__")
+QUIET_LIBRARIES = ("httpx", "httpcore", "prefect", "alembic", "mlflow", "faiss", "torchreid", "py.warnings")
+
+
+class Options:
+    """The global options, set by `main` before any command runs."""
+    verbose = False
+    debug = False
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if Options.verbose:
+            return True
+        if record.name.startswith(OUR_LOGGERS):
+            return True
+        return record.levelno >= logging.WARNING and not record.name.startswith(QUIET_LIBRARIES)
+
+
 def _setup_logging() -> None:
-    """Our progress at INFO; the HTTP chatter of Prefect's client and MLflow's store at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "prefect", "alembic", "mlflow"):
+    """Our progress on the console at INFO; library chatter only with --verbose (and in the log file)."""
+    logging.captureWarnings(True)  # warnings.warn (torchreid's Cython notice) become log records
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ConsoleFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _log_to_file(outputs: str) -> Path:
+    """Every record (libraries' too) into outputs/logs/reid-prune-<time>.log; returns its path."""
+    import time
+
+    path = Path(outputs) / "logs" / f"reid-prune-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    console.print(f"log: {path}", style="dim")
+    return path
+
+
 def _fail(error: Exception) -> None:
+    """One line: what went wrong, where, how to fix (the exception's message); the traceback
+    only with --debug."""
+    if Options.debug:
+        console.print_exception()
     console.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=2)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from reid_models.checkpoint import CheckpointError
+    from reid_models.checkpoint import CheckpointError, DiskFullError
     from reid_models.config import SettingsError
     from reid_models.data.readers import DataError
 
-    return SettingsError, DataError, CheckpointError
+    return SettingsError, DataError, CheckpointError, DiskFullError
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the work at its next batch: the flag stops the scenario threads,
+    the exception unwinds this (main) thread. Later signals (Prefect sends SIGTERM again as it
+    leaves a flow run) are ignored, so the unwinding can mark the MLflow runs KILLED."""
+    from reid_models import stopping
+
+    def handler(signal_number: int, _frame) -> None:
+        if stopping.stop_requested() is not None:
+            return
+        console.print(f"\n{signal.Signals(signal_number).name}: stopping at the next batch...", style="bold")
+        stopping.request_stop(signal_number)
+        raise stopping.StopRequested(signal_number)
+
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, handler)
+
+
+def _stopped_by(error: BaseException) -> int | None:
+    """The signal behind an exception that ended the work, if the user asked to stop."""
+    from reid_models import stopping
+
+    number = stopping.stop_requested()
+    if number is None and isinstance(error, (KeyboardInterrupt, stopping.StopRequested)):
+        number = getattr(error, "signal_number", signal.SIGINT)
+    if number is None and type(error).__name__ == "TerminationSignal":  # Prefect's, raised in a flow run
+        number = error.signal
+    return number
+
+
+def _report_stop(number: int, outputs: str) -> None:
+    from reid_models.stopping import exit_code
+
+    console.print(f"stopped ({signal.Signals(number).name}). Kept under {outputs}/: every finished stage and "
+                  "scenario, and the last finished epoch of each running one (MLflow runs marked KILLED). "
+                  "Run the same command again to resume.", style="bold")
+    raise typer.Exit(code=exit_code(number))
+
+
+def _use_temporary_prefect_server() -> None:
+    """Without `make serve`, a Prefect server of this command's own that dies with it, even by
+    SIGKILL (flows/temporary_server.py). Must run before Prefect is imported."""
+    from flows import temporary_server
+
+    if "PREFECT_API_URL" in os.environ or not temporary_server.supported():
+        return
+    try:
+        temporary_server.start(Path(os.environ["PREFECT_HOME"]))
+    except temporary_server.TemporaryServerError as error:
+        _fail(error)
 
 
 def _results_table(frame) -> Table:
@@ -67,32 +163,122 @@ def _results_table(frame) -> Table:
 
 def _print_results(settings, paths: dict) -> None:
     from reid_models.report import load_results
-    from tasks.tracking import ui_command
+    from tasks.tracking import ui_command, ui_url
 
     console.print(_results_table(load_results(Path(paths["csv"]).parent)))
     console.print(f"results: {paths['csv']}   plot: {paths['plot']}   summary: {paths['summary']}")
-    console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open http://127.0.0.1:5000")
+    console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open {ui_url(settings)}")
 
 
-@app.command()
-def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
-    """Run the prune-adapt flow on the settings in params.yaml (the embedded synthetic benchmark by default)."""
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show libraries' log lines")] = False,
+         debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False) -> None:
+    Options.verbose, Options.debug = verbose, debug
+
+
+@app.command(epilog="Example: reid-prune doctor --seconds 10")
+def doctor(seconds: Annotated[float, typer.Option(help="length of the speed probe")] = 10.0,
+           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
+    """This machine: versions, cores, threads, CUDA, free disk, and its training speed (images/s).
+
+    Give the probe's training images/s with any timing: machines of one kind differ up to 3x."""
+    import importlib.metadata
+    import platform
+    import shutil
+
+    import torch
+
+    from reid_models.probe import probe_speed
+
     _setup_logging()
-    from flows.prune_adapt import settings_for
+    settings = _checked_settings(profile, set_, params)
+    versions = {name: importlib.metadata.version(name) for name in
+                ("torch", "torchvision", "torchreid", "torch-pruning", "faiss-cpu", "prefect", "mlflow", "dvc")}
+    console.print(f"python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    cores = _usable_cores()
+    threads = settings.orchestration.torch_threads
+    console.print(f"cores: {cores} usable of {os.cpu_count()}; torch threads {torch.get_num_threads()} "
+                  f"(the pipeline uses {threads}: orchestration.torch_threads)")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    console.print(f"CUDA: {cuda}; device setting: {settings.device}")
+    outputs = Path(settings.outputs).resolve()
+    existing = next(p for p in (outputs, *outputs.parents) if p.exists())
+    console.print(f"free disk at {outputs}: {shutil.disk_usage(existing).free / 2**30:.1f} GiB")
+    _print_probe(probe_speed(settings, seconds, threads=_usable_cores()))  # all cores: the machine, not one worker
 
-    try:
-        settings = settings_for(profile, set_, params)  # fail fast, before Prefect starts
-    except (*_user_errors(), ValueError) as error:
-        _fail(error)
+
+@app.command(epilog="Example: reid-prune run --profile quick -S scenarios.seeds=[0,1]")
+def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml",
+        probe_seconds: Annotated[float, typer.Option(help="speed probe before the run (0: no probe, no "
+                                                           "estimate)")] = 8.0) -> None:
+    """Run the prune-adapt flow on the settings in params.yaml (the embedded synthetic benchmark by default).
+
+    It first probes this machine's speed and prints an estimate of the run's duration; a progress
+    line (stage, scenarios done, elapsed, remaining) follows as the run goes."""
+    _setup_logging()
+    _stop_on_signals()
+    settings = _checked_settings(profile, set_, params)  # fail fast, before Prefect starts
+    _log_to_file(settings.outputs)
     if flows.SERVED_PREFECT_API:
         console.print(f"Prefect: reporting to the running `make serve` server ({flows.SERVED_PREFECT_API})")
+    speed = _probe(settings, probe_seconds) if probe_seconds > 0 else None
+    _use_temporary_prefect_server()
+    if speed:
+        _print_estimate(settings, speed)
     from flows.prune_adapt import prune_adapt
 
     try:
-        result = prune_adapt(profile=profile, overrides=set_ or [], params=params)
+        result = prune_adapt(profile=profile, overrides=set_ or [], params=params, speed=speed)
     except _user_errors() as error:
         _fail(error)
+    except BaseException as error:
+        if (number := _stopped_by(error)) is None:
+            raise
+        _report_stop(number, settings.outputs)
     _print_results(settings, result["paths"])
+
+
+def _print_probe(speed: dict) -> None:
+    console.print(f"probe ({speed['model']} {speed['height']}x{speed['width']}, batch {speed['batch']}, "
+                  f"{speed['threads']} threads, CPU): training {speed['train_images_per_s']:.0f} images/s, "
+                  f"inference {speed['inference_images_per_s']:.0f} images/s")
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _probe(settings, seconds: float) -> dict:
+    """The machine's probe (all cores: the figure timings are given with), then the probe at the
+    pipeline's threads per worker, which prices the run (reid_models.estimate.Speed fields)."""
+    from reid_models.estimate import measure_speed
+    from reid_models.probe import probe_speed
+
+    _print_probe(probe_speed(settings, seconds / 2, threads=_usable_cores()))
+    speed = measure_speed(settings, seconds / 2)
+    console.print(f"per worker ({speed.threads} thread(s)): training {speed.train:.0f} images/s, inference "
+                  f"{speed.inference:.0f} images/s; rendering {speed.render:.0f} images/s")
+    return speed.as_dict()
+
+
+def _print_estimate(settings, speed: dict) -> None:
+    from flows.progress import plan_for  # imports Prefect: after the temporary server is up
+    from reid_models.estimate import describe
+
+    console.print(describe(plan_for(settings, speed)), style="bold")
+
+
+def _checked_settings(profile: str | None, overrides: list[str] | None, params: str):
+    """params.yaml with the overrides, checked as the flows check it (without importing Prefect)."""
+    from reid_models.config import load_settings
+    from reid_models.scenarios import check_budget
+
+    try:
+        settings = load_settings(params, profile, overrides or [])
+        check_budget(settings)
+    except (*_user_errors(), ValueError) as error:
+        _fail(error)
+    return settings
 
 
 def _comparisons_table(frame) -> Table:
@@ -113,7 +299,7 @@ def _comparisons_table(frame) -> Table:
     return table
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune report --profile quick")
 def report(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Print the last run's results table and where its plot is."""
     from flows.prune_adapt import settings_for
@@ -136,26 +322,32 @@ def report(profile: ProfileOption = None, set_: SetOption = None, params: Params
         console.print(f"comparisons: {folder / 'comparisons.csv'}")
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune stage pretrain   (what `dvc repro` runs)")
 def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios | report")],
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Run one stage as its own flow (what dvc.yaml calls)."""
     _setup_logging()
+    _stop_on_signals()
+    if name not in flows.STAGE_NAMES:
+        _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(flows.STAGE_NAMES)}"))
+    settings = _checked_settings(profile, set_, params)
+    _log_to_file(settings.outputs)
+    _use_temporary_prefect_server()
     from flows.prune_adapt import STAGE_FLOWS
 
-    if name not in STAGE_FLOWS:
-        _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGE_FLOWS)}"))
     try:
         result = STAGE_FLOWS[name](profile=profile, overrides=set_ or [], params=params)
     except (*_user_errors(), FileNotFoundError) as error:
         _fail(error)
+    except BaseException as error:
+        if (number := _stopped_by(error)) is None:
+            raise
+        _report_stop(number, settings.outputs)
     if name == "report":
-        from reid_models.config import load_settings
-
-        _print_results(load_settings(params, profile, set_ or []), result["paths"])
+        _print_results(settings, result["paths"])
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune serve; then prefect deployment run prune-adapt/default")
 def serve(prefect_port: int = 4200, mlflow_port: int = 5000,
           state_dir: Annotated[Path, typer.Option(help="PIDs and logs of the servers")] = Path(".serve"),
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
@@ -175,7 +367,7 @@ def serve(prefect_port: int = 4200, mlflow_port: int = 5000,
                   "prune-adapt/default --watch")
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune stop")
 def stop(state_dir: Annotated[Path, typer.Option(help="where `serve` recorded the PIDs")] = Path(".serve")) -> None:
     """Stop what `serve` started: the deployments' process first, then the MLflow and Prefect servers."""
     from flows.services import ServiceError, stop_services
@@ -187,7 +379,7 @@ def stop(state_dir: Annotated[Path, typer.Option(help="where `serve` recorded th
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune synth --domain target --out data/my_target --seed 1")
 def synth(domain: Annotated[str, typer.Option(help="source | target")],
           out: Annotated[Path, typer.Option(help="folder to write (Market-1501 layout + manifest.csv)")],
           seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
@@ -207,7 +399,8 @@ def synth(domain: Annotated[str, typer.Option(help="source | target")],
     console.print(f"wrote {path}: " + ", ".join(f"{name} {n}" for name, n in counts.items()))
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune prune --checkpoint outputs/pretrain/model.pt --criterion plfp "
+                     "--flops-reduction 0.5 --out outputs/pruned")
 def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
           out: Annotated[Path, typer.Option(help="folder for the pruned model.pt, architecture.json, prune_report.json")],
           criterion: Annotated[Optional[str], typer.Option(help="plfp | l1 | l2 | fpgm | taylor | random")] = None,
@@ -234,7 +427,7 @@ def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
     console.print(f"wrote {result['checkpoint']}")
 
 
-@app.command()
+@app.command(epilog="Example: reid-prune inspect outputs/pruned/model.pt --timing")
 def inspect(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned or not)")],
             height: int = 128, width: int = 64,
             timing: Annotated[bool, typer.Option(help="also time CPU latency and throughput")] = False) -> None:

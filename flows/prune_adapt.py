@@ -10,12 +10,19 @@ elsewhere): the same code for all. Each stage is also a flow of its own (`prune-
 from __future__ import annotations
 
 import os
+import signal
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
+from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows import STAGE_NAMES, progress
+from reid_models import stopping
 from reid_models.config import Settings, load_settings
+from reid_models.estimate import SOURCE_MODEL, thin_pretraining
 from reid_models.scenarios import check_budget, expand_grid
+from reid_models.stopping import StopRequested
 from tasks.scenarios import finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, small_dense_dir
 from tasks.stages import data_summary_path, prepare_data, pretrain, source_checkpoint_path
 from tasks.tracking import Tracker, close_orphaned_runs, tracked_run
@@ -58,7 +65,17 @@ def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) ->
     futures = [_cached(run_scenario, outputs_present(settings, scenario)).submit(
         settings, scenario, source, small_dense.get(scenario.flops_reduction) if scenario.name == "small_dense"
         else None, parent_run_id) for scenario in grid]
-    return [future.result() for future in futures]
+    pieces = {**{future: thin_pretraining(r) for r, future in small_dense.items()},
+              **{future: scenario.key for future, scenario in zip(futures, grid)}}
+    try:
+        for future in as_completed(list(pieces)):  # in the order they finish, for the progress line
+            progress.finished(pieces[future])
+        return [future.result() for future in futures]
+    except (KeyboardInterrupt, StopRequested, TerminationSignal) as error:
+        # The signal reached this (main) thread; the scenarios train in the pool's threads, which
+        # the pool waits for on exit: ask them to stop at their next batch.
+        stopping.request_stop(getattr(error, "signal", None) or getattr(error, "signal_number", signal.SIGINT))
+        raise
 
 
 def run_grid(settings: Settings, source: str, tracker: Tracker | None) -> list[dict]:
@@ -77,18 +94,28 @@ def pretrain_task(settings: Settings, tracker: Tracker | None) -> str:
 
 @flow(name="prune-adapt")
 def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
-                params: str = "params.yaml") -> dict:
-    """The whole pipeline: one parent MLflow run, a child run per scenario."""
+                params: str = "params.yaml", speed: dict | None = None) -> dict:
+    """The whole pipeline: one parent MLflow run, a child run per scenario. With `speed` (the
+    machine's probe, `reid_models.estimate.Speed` fields), a progress line with the time left."""
     settings = settings_for(profile, overrides, params)  # bad settings fail here, before any work
     close_orphaned_runs(settings)
+    tracking = progress.start(settings, speed)
     with tracked_run(settings, f"prune-adapt-{settings.profile}") as tracker:
         tracker.params({"profile": settings.profile, "device": settings.device, "seed": settings.seed,
                         "scenarios": settings.scenarios.model_dump(mode="json"),
                         "orchestration": settings.orchestration.model_dump(mode="json")})
+        if tracking:
+            tracker.metrics({"probe_train_images_per_s": speed["train"],
+                             "estimated_seconds": tracking.plan.total_seconds()})
         data_task(settings, tracker)
+        progress.finished("render source", "render target")
+        progress.start_stage("pretrain")
         source = pretrain_task(settings, tracker)
         tracker.artifact(source, "pretrain")
+        progress.finished(SOURCE_MODEL)
+        progress.start_stage("scenarios")
         rows = run_grid(settings, source, tracker)
+        progress.start_stage("report")
         paths = report(settings, rows, tracker)
     return {"rows": rows, "paths": paths}
 
@@ -124,4 +151,4 @@ def report_stage(profile: str | None = None, overrides: list[str] | None = None,
     return {"rows": rows, "paths": report(settings, rows)}
 
 
-STAGE_FLOWS = {"data": data_stage, "pretrain": pretrain_stage, "scenarios": scenarios_stage, "report": report_stage}
+STAGE_FLOWS = dict(zip(STAGE_NAMES, (data_stage, pretrain_stage, scenarios_stage, report_stage)))

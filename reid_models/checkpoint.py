@@ -6,8 +6,11 @@ history), so it loads with `weights_only=True`: no pickled code runs when a file
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,27 +22,49 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or from an incompatible model."""
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename over `path`: readers see the old file or the new one."""
+class DiskFullError(OSError):
+    """No space left for a file; the file it was replacing is intact."""
+
+    def __str__(self) -> str:
+        return self.strerror  # the whole message, without "[Errno 28]"
+
+
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temporary sibling, flush it to the disk, then rename it over `path`:
+    readers see the old file or the new one, never a part. A full disk raises DiskFullError naming
+    the file, with the old one left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's group
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(errno.ENOSPC, f"no space left on the disk while writing {path} ({free:.0f} MiB "
+                                f"free); {kept}. Free some space (or point `outputs` at another disk) and run the "
+                                "same command again to resume") from error
         raise
     return path
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # Serialised in memory first: torch's own file writer reports a full disk as an unspecific
+    # RuntimeError, Python's file API as ENOSPC, which atomic_write turns into a clear message.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(path, buffer.getvalue())
 
 
 def save_json(path: str | Path, data: Any) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    return atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from reid_models import stats
-from reid_models.checkpoint import save_json
+from reid_models.checkpoint import atomic_write, save_json
 
 # One marker per scenario, one colour per adaptation mode.
 MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_before": "<", "prune_during": "s",
@@ -56,14 +57,11 @@ def _pyplot():
 
 
 def _save_figure(figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.png")
+    buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(partial, dpi=120)
+    figure.savefig(buffer, format="png", dpi=120)
     _pyplot().close(figure)
-    partial.replace(path)  # no half-written plot if the run dies while saving
-    return path
+    return atomic_write(path, buffer.getvalue())  # no half-written plot if the run dies or the disk is full
 
 
 def plot_cmc(cmc: list[float], title: str, path: str | Path) -> Path:
@@ -129,17 +127,14 @@ def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> d
     paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
              "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
              "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv"}
-    writers = [("csv", lambda p: frame.to_csv(p, index=False)),
-               ("parquet", lambda p: frame.to_parquet(p, index=False)),
-               ("summary", lambda p: summary.to_csv(p, index=False))]
+    contents = {"csv": lambda: frame.to_csv(index=False).encode(), "parquet": lambda: frame.to_parquet(index=False),
+                "summary": lambda: summary.to_csv(index=False).encode()}
     if comparisons.empty:  # no per-query results: no comparisons, and none left from an earlier run
         paths.pop("comparisons").unlink(missing_ok=True)
     else:
-        writers.append(("comparisons", lambda p: comparisons.to_csv(p, index=False)))
-    for kind, writer in writers:
-        partial = paths[kind].with_name(paths[kind].name + ".partial")
-        writer(partial)
-        partial.replace(paths[kind])
+        contents["comparisons"] = lambda: comparisons.to_csv(index=False).encode()
+    for kind, content in contents.items():
+        atomic_write(paths[kind], content())
     plot_flops_vs_rank1(frame, paths["plot"], intervals)
     metrics = {f"{row.scenario}-{row.criterion}-{row.flops_reduction:g}-{row.adaptation}-seed{row.seed}":
                {"gflops": round(row.gflops, 4), "rank1": row.rank1, "mAP": row.mAP, "mINP": row.mINP}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reid_models import stopping
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
 from reid_models.config import TrainRecipe
 from reid_models.data.loading import IdentityBatchSampler, ImageSet, SeededBatches
@@ -143,6 +144,7 @@ def train_model(
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for images, labels, _ in bar:
+            stopping.check()  # a SIGINT/SIGTERM stops here; the last epoch's checkpoint stays
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             terms = reid_loss(out, labels, settings)

@@ -95,7 +95,7 @@ def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkp
             scenario, settings, source_checkpoint, out_dir, small_dense_checkpoint,
             on_epoch=lambda record: tracker.metrics(record, "train.", step=next(step)),
             on_round=lambda record: tracker.metrics(record, "cluster.", step=record["round"]))
-        tracker.metrics(row)  # train_gflops (student + teacher) beside images_seen
+        tracker.metrics({**row, "gflops": row["flops"] / 1e9})  # train_gflops (student + teacher) beside images_seen
         tracker.params({"teacher": row.get("teacher", "none"), "recovery": row.get("recovery", "none")})
         _log_scenario_artifacts(tracker, out_dir, f"{scenario.key}: target CMC")
         version = register_model(settings, tracker, "model", {"scenario": scenario.key,

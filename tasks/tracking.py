@@ -7,6 +7,7 @@ that run at once share one SQLite file, so writes that meet a lock are retried.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,8 +22,11 @@ import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from prefect.exceptions import TerminationSignal
 
+from reid_models import stopping
 from reid_models.config import DomainSettings, Settings, artifact_location, tracking_uri
+from reid_models.stopping import StopRequested
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,17 +108,57 @@ class Tracker:
 
 
 def client_for(settings: Settings) -> tuple[MlflowClient, str]:
-    """Client on the absolute tracking URI and the dataset pair's experiment id (created if new)."""
+    """Client on the absolute tracking URI and the dataset pair's experiment id (created if new,
+    with the UI settings of `experiment_ui_tags`)."""
     client = MlflowClient(tracking_uri=tracking_uri(settings.tracking))
     name = experiment_name(settings)
     experiment = retrying(lambda: client.get_experiment_by_name(name))
-    if experiment is not None:
-        return client, experiment.experiment_id
-    artifact_root = artifact_location(settings.tracking)
-    try:
-        return client, retrying(lambda: client.create_experiment(name, artifact_location=artifact_root))
-    except MlflowException:  # another worker created it first
-        return client, client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        artifact_root = artifact_location(settings.tracking)
+        try:
+            retrying(lambda: client.create_experiment(name, artifact_location=artifact_root))
+        except MlflowException:  # another worker created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    for key, value in experiment_ui_tags().items():
+        if key not in experiment.tags:  # earlier experiments get them too; a user's later edit stays
+            retrying(lambda: client.set_experiment_tag(experiment.experiment_id, key, value))
+    return client, experiment.experiment_id
+
+
+# The MLflow UI (3.17) opens a new experiment on its GenAI overview unless told otherwise, and its
+# chart view has no FLOPs-vs-rank-1 chart until the user builds one. The experiment kind tag is
+# what MLflow's UI reads for the first from version 3.18 on (mlflow/mlflow#24493); in 3.17 the link
+# `ui_url` prints carries `workflowType=machine_learning`. The saved view (an experiment tag the UI
+# lists under "Views") holds the scatter of GFLOPs against rank-1 over every scenario run.
+FLOPS_VS_RANK1_VIEW = "flops-vs-rank1"
+
+
+def experiment_ui_tags() -> dict[str, str]:
+    section = {"uuid": "reid-prune-scenarios", "name": "Model metrics", "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": True}
+    chart = {"uuid": "reid-prune-gflops-rank1", "type": "SCATTER", "runsCountToCompare": 100,
+             "metricSectionId": section["uuid"], "deleted": False, "isGenerated": False,
+             "displayName": "GFLOPs vs target rank-1 (one point per scenario run)",
+             "xaxis": {"key": "gflops", "type": "METRIC"}, "yaxis": {"key": "rank1", "type": "METRIC"}}
+    # Scenario runs sit collapsed under the pipeline's run, where a chart finds no points (and a
+    # saved view cannot expand them): grouped by setting, they are listed and plotted, one point
+    # per setting at its mean over seeds. The filter leaves out runs without rank-1 (the parents).
+    grouping = {"aggregateFunction": "average",
+                "groupByKeys": [{"mode": "param", "groupByData": key}
+                                for key in ("scenario", "criterion", "flops_reduction", "adaptation")]}
+    state = {"runsHiddenMode": "SHOW_ALL", "compareRunSections": [section], "compareRunCharts": [chart],
+             "groupBy": grouping, "useGroupedValuesInCharts": True, "searchFilter": "metrics.rank1 >= 0"}
+    view = {"name": "FLOPs vs rank-1 (reid-prune)", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)}
+    return {"mlflow.experimentKind": "custom_model_development",
+            f"mlflow.sharedViewState.{FLOPS_VS_RANK1_VIEW}": json.dumps(view)}
+
+
+def ui_url(settings: Settings, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs in the chart view with the FLOPs-vs-rank-1 scatter, in the MLflow UI."""
+    _, experiment_id = client_for(settings)
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+            f"&viewStateShareKey={FLOPS_VS_RANK1_VIEW}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -147,9 +191,16 @@ def close_orphaned_runs(settings: Settings) -> list[str]:
     return orphans
 
 
+def is_stop(error: BaseException) -> bool:
+    """Whether an exception means the user stopped the work (not that the work failed)."""
+    return isinstance(error, (KeyboardInterrupt, StopRequested, TerminationSignal)) or \
+        stopping.stop_requested() is not None
+
+
 @contextmanager
 def tracked_run(settings: Settings, name: str, parent_run_id: str | None = None) -> Iterator[Tracker]:
-    """An MLflow run that ends FINISHED, or FAILED if the body raises."""
+    """An MLflow run that ends FINISHED, KILLED if the user stopped it (SIGINT/SIGTERM), or FAILED
+    if the body raises anything else."""
     client, experiment_id = client_for(settings)
     tags = {"profile": settings.profile, "git_commit": git_commit(), "data_dvc_md5": data_version(),
             "host": socket.gethostname(), "pid": str(os.getpid())}
@@ -159,8 +210,9 @@ def tracked_run(settings: Settings, name: str, parent_run_id: str | None = None)
     tracker = Tracker(client, run.info.run_id)
     try:
         yield tracker
-    except BaseException:
-        retrying(lambda: client.set_terminated(run.info.run_id, status="FAILED"))
+    except BaseException as error:
+        status = "KILLED" if is_stop(error) else "FAILED"
+        retrying(lambda: client.set_terminated(run.info.run_id, status=status))
         raise
     retrying(lambda: client.set_terminated(run.info.run_id, status="FINISHED"))
 
@@ -198,5 +250,5 @@ def ui_command(settings: Settings) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri(settings.tracking)} --host 127.0.0.1 --port 5000"
 
 
-__all__ = ["Tracker", "tracked_run", "ui_command", "flatten", "mlflow", "close_orphaned_runs", "register_model",
+__all__ = ["Tracker", "tracked_run", "ui_command", "ui_url", "flatten", "mlflow", "close_orphaned_runs", "register_model",
            "set_best_aliases", "experiment_name"]

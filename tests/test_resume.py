@@ -1,4 +1,5 @@
-"""Faults: a pipeline killed with SIGKILL in the middle of a scenario, then run again."""
+"""Faults: a pipeline killed with SIGKILL in the middle of a scenario (its temporary Prefect server
+goes with it), then run again."""
 
 import os
 import signal
@@ -6,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import PARAMS, ROOT, quick_overrides
+from tests.conftest import PARAMS, ROOT, alive, child_pids, quick_overrides
 from tests.test_flow import TINY
 
 
@@ -27,8 +28,16 @@ def test_killed_run_resumes_without_redoing_finished_work(tiny_domains, tmp_path
     while not epoch_checkpoint.is_file():  # adapt_only has finished an epoch: kill it mid-scenario
         assert first.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
+    (server,) = [pid for pid in child_pids(first.pid) if "uvicorn" in open(f"/proc/{pid}/cmdline").read()]
+    os.kill(first.pid, signal.SIGKILL)  # the command alone: no exit handler runs
     first.wait()
+    deadline = time.monotonic() + 30
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server_survived = alive(server)
+    if server_survived:
+        os.killpg(first.pid, signal.SIGKILL)  # do not leave it behind the test either
+    assert not server_survived, "the temporary Prefect server outlived the killed command"
     finished = {path: path.stat().st_mtime_ns for path in (outputs / "pretrain" / "model.pt",
                                                            outputs / "scenarios" / "source_only-none-0-none-seed0"
                                                            / "result.json")}

@@ -1,0 +1,57 @@
+"""Stopping long work when the user asks: a process-wide flag that loops check between batches.
+
+A signal handler cannot stop a training thread (Python delivers signals to the main thread only,
+and scenarios train in worker threads), so the handler only sets the flag, and every batch loop
+(training, feature extraction, filter scoring) calls `check()`, which raises `StopRequested`.
+The work stops at the next batch, with the last epoch's checkpoint intact for the re-run.
+
+`StopRequested` derives from BaseException, as KeyboardInterrupt does, so that `except
+Exception` handlers (retries, fallbacks) let it through.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+_signal_number: int | None = None
+
+
+class StopRequested(BaseException):
+    """The user asked the process to stop (SIGINT or SIGTERM); raised at the next batch."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signal_number).name}")
+        self.signal_number = signal_number
+
+
+def request_stop(signal_number: int = signal.SIGINT) -> None:
+    """Ask every loop of this process to stop at its next batch (first request's signal wins)."""
+    global _signal_number
+    if not _requested.is_set():
+        _signal_number = signal_number
+        _requested.set()
+
+
+def stop_requested() -> int | None:
+    """The signal that asked to stop, or None while nobody has."""
+    return _signal_number if _requested.is_set() else None
+
+
+def check() -> None:
+    """Raise StopRequested if a stop was asked for; call it once per batch."""
+    if _requested.is_set():
+        raise StopRequested(_signal_number or signal.SIGINT)
+
+
+def reset() -> None:
+    """Forget a stop request (tests, and a long-lived process that starts new work)."""
+    global _signal_number
+    _requested.clear()
+    _signal_number = None
+
+
+def exit_code(signal_number: int) -> int:
+    """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signal_number
