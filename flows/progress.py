@@ -51,13 +51,14 @@ class Progress:
             self.stage = stage
             self._log()
 
-    def finished(self, piece: str) -> None:
+    def finished(self, *pieces: str) -> None:
         with self._lock:
-            if piece in self.done or piece not in {p.name for p in self.plan.pieces}:
-                return  # reused from an earlier run, or not a piece of this plan
-            self.done.add(piece)
-            if piece in self.plan.scenario_keys:
-                self.scenarios_done += 1
+            # pieces reused from an earlier run, or not of this plan, change nothing
+            new = [p for p in pieces if p not in self.done and p in {q.name for q in self.plan.pieces}]
+            if not new:
+                return
+            self.done.update(new)
+            self.scenarios_done += sum(p in self.plan.scenario_keys for p in new)
             self._log()
 
     def remaining_seconds(self) -> float:
@@ -71,9 +72,10 @@ class Progress:
 
     def line(self) -> str:
         stage = STAGE_NAMES.index(self.stage) + 1
+        elapsed, remaining = time.monotonic() - self.began, self.remaining_seconds()
         return (f"progress: stage {stage}/{len(STAGE_NAMES)} ({self.stage}), scenario "
-                f"{self.scenarios_done}/{self.scenarios_total} done, elapsed "
-                f"{format_duration(time.monotonic() - self.began)}, remaining ~{format_duration(self.remaining_seconds())}")
+                f"{self.scenarios_done}/{self.scenarios_total} done, elapsed {format_duration(elapsed)}, "
+                f"remaining ~{format_duration(remaining)}")
 
     def _log(self) -> None:
         log.info(self.line())
@@ -100,5 +102,4 @@ def start_stage(stage: str) -> None:
 
 def finished(*pieces: str) -> None:
     if _active:
-        for piece in pieces:
-            _active.finished(piece)
+        _active.finished(*pieces)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from reid_models.config import DataSettings, Settings
 from reid_models.data.readers import ReIDSplits, hold_out_validation, read_dataset

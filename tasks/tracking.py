@@ -121,7 +121,9 @@ def client_for(settings: Settings) -> tuple[MlflowClient, str]:
             pass
         experiment = client.get_experiment_by_name(name)
     for key, value in experiment_ui_tags().items():
-        if key not in experiment.tags:  # earlier experiments get them too; a user's later edit stays
+        # earlier experiments get them too; our saved view is kept current, a kind the user set stays
+        ours = key.startswith("mlflow.sharedViewState.")
+        if experiment.tags.get(key) != value and (ours or key not in experiment.tags):
             retrying(lambda: client.set_experiment_tag(experiment.experiment_id, key, value))
     return client, experiment.experiment_id
 
@@ -135,10 +137,14 @@ FLOPS_VS_RANK1_VIEW = "flops-vs-rank1"
 
 
 def experiment_ui_tags() -> dict[str, str]:
+    # The scatter gets a section of its own, first: the UI adds a chart per metric (about 60) to
+    # "Model metrics", which would push it out of sight.
+    first = {"uuid": "reid-prune-flops-rank1", "name": "FLOPs vs rank-1", "display": True, "isReordered": False,
+             "deleted": False, "isGenerated": False}
     section = {"uuid": "reid-prune-scenarios", "name": "Model metrics", "display": True, "isReordered": False,
                "deleted": False, "isGenerated": True}
     chart = {"uuid": "reid-prune-gflops-rank1", "type": "SCATTER", "runsCountToCompare": 100,
-             "metricSectionId": section["uuid"], "deleted": False, "isGenerated": False,
+             "metricSectionId": first["uuid"], "deleted": False, "isGenerated": False,
              "displayName": "GFLOPs vs target rank-1 (one point per scenario run)",
              "xaxis": {"key": "gflops", "type": "METRIC"}, "yaxis": {"key": "rank1", "type": "METRIC"}}
     # Scenario runs sit collapsed under the pipeline's run, where a chart finds no points (and a
@@ -147,7 +153,7 @@ def experiment_ui_tags() -> dict[str, str]:
     grouping = {"aggregateFunction": "average",
                 "groupByKeys": [{"mode": "param", "groupByData": key}
                                 for key in ("scenario", "criterion", "flops_reduction", "adaptation")]}
-    state = {"runsHiddenMode": "SHOW_ALL", "compareRunSections": [section], "compareRunCharts": [chart],
+    state = {"runsHiddenMode": "SHOW_ALL", "compareRunSections": [first, section], "compareRunCharts": [chart],
              "groupBy": grouping, "useGroupedValuesInCharts": True, "searchFilter": "metrics.rank1 >= 0"}
     view = {"name": "FLOPs vs rank-1 (reid-prune)", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)}
     return {"mlflow.experimentKind": "custom_model_development",
@@ -250,5 +256,5 @@ def ui_command(settings: Settings) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri(settings.tracking)} --host 127.0.0.1 --port 5000"
 
 
-__all__ = ["Tracker", "tracked_run", "ui_command", "ui_url", "flatten", "mlflow", "close_orphaned_runs", "register_model",
-           "set_best_aliases", "experiment_name"]
+__all__ = ["Tracker", "tracked_run", "ui_command", "ui_url", "flatten", "mlflow", "close_orphaned_runs",
+           "register_model", "set_best_aliases", "experiment_name"]
