@@ -20,7 +20,7 @@ TINY = ("pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2", "prune.finetun
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):  # 30 s by default: too short on a busy 2-core machine
         yield
 
 
