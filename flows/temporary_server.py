@@ -32,7 +32,7 @@ class TemporaryServerError(RuntimeError):
     """The server did not come up; the message names its log file."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -55,7 +55,7 @@ def start(home: Path, timeout: float = 120.0) -> subprocess.Popen:
     """Start the server, point this process's Prefect at it, and stop it at normal exit."""
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "temporary-server.log"
-    port = _free_port()
+    port = free_port()
     prefect_dir = Path(importlib.util.find_spec("prefect").submodule_search_locations[0])
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0",
            "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}

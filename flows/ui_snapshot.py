@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flows import answers
+from flows.temporary_server import free_port
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -31,16 +31,10 @@ def browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def mlflow_ui(tracking_uri: str, timeout: float = 180.0) -> Iterator[str]:
     """`mlflow ui` on 127.0.0.1 for the duration of the block; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = tempfile.TemporaryFile()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
                                "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)

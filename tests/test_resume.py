@@ -11,16 +11,23 @@ from tests.conftest import PARAMS, ROOT, alive, child_pids, quick_overrides
 from tests.test_flow import TINY
 
 
-def test_killed_run_resumes_without_redoing_finished_work(tiny_domains, tmp_path):
-    from mlflow.tracking import MlflowClient
-
+def interruptible_run(tmp_path, tiny_domains):
+    """A quick `reid-prune run` (source_only, then 4 epochs of adapt_only) to interrupt: its command,
+    environment, and the checkpoint whose appearance means adapt_only is training."""
     overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "scenarios.names=[source_only,adapt_only]",
                                 "scenarios.adaptation=[supervised]", "scenarios.epochs=4")
     command = [sys.executable, "-m", "flows.cli", "run", "--profile", "quick", "--params", str(PARAMS),
                *(arg for o in overrides for arg in ("-S", o))]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    checkpoint = tmp_path / "outputs" / "scenarios" / "adapt_only-none-0-supervised-seed0" / "step1_adapt" / "last.pt"
+    return command, env, checkpoint
+
+
+def test_killed_run_resumes_without_redoing_finished_work(tiny_domains, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    command, env, epoch_checkpoint = interruptible_run(tmp_path, tiny_domains)
     outputs = tmp_path / "outputs"
-    epoch_checkpoint = outputs / "scenarios" / "adapt_only-none-0-supervised-seed0" / "step1_adapt" / "last.pt"
 
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

@@ -7,15 +7,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from reid_models import stopping
-from tests.conftest import PARAMS, ROOT, alive, child_pids, quick_overrides
-from tests.test_flow import TINY
+from tests.conftest import PARAMS, ROOT, alive, child_pids
+from tests.test_resume import interruptible_run
 from tests.test_train import SETTINGS, tiny_train_set
 
 
@@ -70,13 +69,8 @@ def test_a_signal_stops_the_pipeline_within_seconds_and_the_same_command_resumes
                                                                                   signal_number):
     from mlflow.tracking import MlflowClient
 
-    overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "scenarios.names=[source_only,adapt_only]",
-                                "scenarios.adaptation=[supervised]", "scenarios.epochs=4")
-    command = [sys.executable, "-m", "flows.cli", "run", "--profile", "quick", "--params", str(PARAMS),
-               *(arg for o in overrides for arg in ("-S", o))]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    command, env, epoch_checkpoint = interruptible_run(tmp_path, tiny_domains)
     outputs = tmp_path / "outputs"
-    epoch_checkpoint = outputs / "scenarios" / "adapt_only-none-0-supervised-seed0" / "step1_adapt" / "last.pt"
 
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
