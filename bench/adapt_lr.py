@@ -1,6 +1,6 @@
 """Which adaptation learning rates? adapt_only, supervised, scored on the target *validation* split.
 
-    python -m bench.adapt_lr --profile default --json docs/bench/adapt_lr_default.json
+    python -m bench.adapt_lr --profile full --json docs/bench/adapt_lr_full.json
 
 Every candidate starts from the pipeline's source model (outputs/pretrain/model.pt, trained if
 missing) and adapts for `scenarios.epochs` x `scenarios.batches_per_epoch` P x K batches on the

@@ -1,6 +1,6 @@
 """Is the synthetic benchmark worth trusting? Train and measure the reference points.
 
-    python -m bench.calibrate --profile default --json docs/bench/calibrate_default.json
+    python -m bench.calibrate --profile full --json docs/bench/calibrate_full.json
 
 (a) the pipeline's source model (the default pretraining recipe) on the source test split,
 (b) the same model on the target test split (direct transfer), (c) a model trained with the same

@@ -1,6 +1,6 @@
 """How good are the pseudo-labels of unsupervised adaptation, and does camera-awareness help?
 
-    python -m bench.clustering --json docs/bench/clustering_default.json
+    python -m bench.clustering --json docs/bench/clustering_full.json
 
 Extracts the features of the target domain's *validation* identities (held out of its training
 identities, `data.val_share`; never the test split) with the source model
@@ -56,7 +56,7 @@ def large_scale(n: int = 20_000) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", choices=["quick", "default"])
+    parser.add_argument("--profile", default="full", choices=["quick", "default", "full"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--eps", default="0.3,0.4,0.5,0.6")
     parser.add_argument("--json", type=Path)

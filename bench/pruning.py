@@ -1,7 +1,7 @@
 """Which criterion keeps ReID accuracy at a given FLOPs budget, and is the pruned model faster?
 
-    python -m bench.pruning --profile default --json docs/bench/pruning_default.json   # seeds 0,1,2
-    python -m bench.pruning --target --json docs/bench/pruning_target_default.json   # on the new cameras
+    python -m bench.pruning --profile full --json docs/bench/pruning_full.json   # seeds 0,1,2
+    python -m bench.pruning --target --json docs/bench/pruning_target_full.json   # on the new cameras
 
 Every row starts from the same source-trained model (`outputs/pretrain/model.pt`, trained once
 and reused) and gets the same fine-tuning budget (`prune.finetune`) and seed; only the

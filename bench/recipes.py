@@ -1,6 +1,6 @@
 """Which from-scratch pretraining recipe? A sweep scored on the source *validation* split only.
 
-    python -m bench.recipes --profile default --json docs/bench/recipes_default.json
+    python -m bench.recipes --profile full --json docs/bench/recipes_full.json
 
 Each recipe is a set of `-S` overrides of params.yaml's `pretrain` section; everything else
 (backbone, input size, losses, P x K batches, epochs, seed) is the pipeline's. Every model is

@@ -1,6 +1,6 @@
 """Do pruned models keep rank-1 on the new cameras, and what does each part of the recovery buy?
 
-    python -m bench.recovery --profile default --seeds 0,1,2 --json docs/bench/recovery_default.json
+    python -m bench.recovery --profile full --seeds 0,1,2 --json docs/bench/recovery_full.json
 
 For each seed (its own source model, shared with `bench.scenarios` and `reid-prune run`) this
 runs `PLAN`, most important first, so an interrupted run still answers the main question:

@@ -1,6 +1,6 @@
 """Where to prune, with evidence: the scenario grid over seeds, and the four questions it answers.
 
-    python -m bench.scenarios --profile default --seeds 0,1,2 --json docs/bench/scenarios_default.json
+    python -m bench.scenarios --profile full --seeds 0,1,2 --json docs/bench/scenarios_full.json
 
 For each seed the whole pipeline runs (pretraining included, so the spread covers it): the
 source model, the thin dense model, then every scenario of `params.yaml`'s grid with equal

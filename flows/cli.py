@@ -328,6 +328,10 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios 
     """Run one stage as its own flow (what dvc.yaml calls)."""
     _setup_logging()
     _stop_on_signals()
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop with it, even when it alone is signalled
+        from reid_models.stopping import stop_with_parent
+
+        stop_with_parent()
     if name not in flows.STAGE_NAMES:
         _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(flows.STAGE_NAMES)}"))
     settings = _checked_settings(profile, set_, params)

@@ -1,6 +1,7 @@
 """The `prune-adapt` flow: data -> pretrain on source -> the scenario grid -> report.
 
-The source model is trained once and shared by every scenario; each scenario is its own task
+The source model is trained once and shared by every scenario (small_dense's thin network trains
+beside it on the second worker); each scenario is its own task
 and a child MLflow run under the pipeline's run. The grid is a subflow whose task runner comes
 from `params.yaml`'s `orchestration` section (threads here, Dask processes or a Dask cluster
 elsewhere): the same code for all. Each stage is also a flow of its own (`prune-adapt-data`,
@@ -10,6 +11,7 @@ elsewhere): the same code for all. Each stage is also a flow of its own (`prune-
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import signal
 
 from prefect import flow
@@ -20,7 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows import STAGE_NAMES, progress
 from reid_models import stopping
 from reid_models.config import Settings, load_settings
-from reid_models.estimate import SOURCE_MODEL, thin_pretraining
+from reid_models.estimate import SOURCE_MODEL, thin_beside_source, thin_pretraining
 from reid_models.scenarios import check_budget, expand_grid
 from reid_models.stopping import StopRequested
 from tasks.scenarios import finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, small_dense_dir
@@ -67,13 +69,19 @@ def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) ->
         else None, parent_run_id) for scenario in grid]
     pieces = {**{future: thin_pretraining(r) for r, future in small_dense.items()},
               **{future: scenario.key for future, scenario in zip(futures, grid)}}
-    try:
+    with workers_stop_with_this_thread():
         for future in as_completed(list(pieces)):  # in the order they finish, for the progress line
             progress.finished(pieces[future])
         return [future.result() for future in futures]
+
+
+@contextmanager
+def workers_stop_with_this_thread():
+    """A stop signal reaches the main thread; work running in a task runner's threads, which the
+    runner waits for on exit, is asked to stop at its next batch."""
+    try:
+        yield
     except (KeyboardInterrupt, StopRequested, TerminationSignal) as error:
-        # The signal reached this (main) thread; the scenarios train in the pool's threads, which
-        # the pool waits for on exit: ask them to stop at their next batch.
         stopping.request_stop(getattr(error, "signal", None) or getattr(error, "signal_number", signal.SIGINT))
         raise
 
@@ -90,6 +98,23 @@ def data_task(settings: Settings, tracker: Tracker | None = None) -> dict:
 
 def pretrain_task(settings: Settings, tracker: Tracker | None) -> str:
     return _cached(pretrain, source_checkpoint_path(settings).is_file())(settings, tracker)
+
+
+def pretrain_side_by_side(settings: Settings, tracker: Tracker | None) -> str:
+    """The source model here, and small_dense's thin network on a free worker at the same time (it
+    needs only the source data): the stage then takes the source model's time, not the sum. The
+    grid finds the thin model on disk and reuses it."""
+    grid = expand_grid(settings)
+    beside = thin_beside_source(settings, {s.flops_reduction for s in grid if s.name == "small_dense"})
+    with workers_stop_with_this_thread():
+        thin = {r: _cached(pretrain_small_dense, (small_dense_dir(settings, r) / "model.pt").is_file()).submit(
+            settings, r) for r in beside}
+        source = pretrain_task(settings, tracker)
+        progress.finished(SOURCE_MODEL)
+        for reduction, future in thin.items():
+            future.result()
+            progress.finished(thin_pretraining(reduction))
+    return source
 
 
 @flow(name="prune-adapt")
@@ -110,9 +135,8 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
         data_task(settings, tracker)
         progress.finished("render source", "render target")
         progress.start_stage("pretrain")
-        source = pretrain_task(settings, tracker)
+        source = pretrain_side_by_side(settings, tracker)
         tracker.artifact(source, "pretrain")
-        progress.finished(SOURCE_MODEL)
         progress.start_stage("scenarios")
         rows = run_grid(settings, source, tracker)
         progress.start_stage("report")

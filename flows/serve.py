@@ -14,7 +14,8 @@ from prefect import serve
 
 from flows.prune_adapt import prune_adapt
 
-DEPLOYMENTS = {"default": "the whole grid on the embedded synthetic benchmark (about 30 min on 2 cores)",
+DEPLOYMENTS = {"default": "the everyday grid on the embedded synthetic benchmark (about 20 min at probe 70 images/s)",
+               "full": "the benchmarks' grid (docs/RESULTS.md), about 3x the default",
                "quick": "the tests' size, a few minutes"}
 
 

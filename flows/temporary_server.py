@@ -13,10 +13,8 @@ Start it before Prefect is imported: Prefect reads `PREFECT_API_URL` when it loa
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +22,7 @@ import time
 from pathlib import Path
 
 from flows import answers
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
+from reid_models import stopping
 
 class TemporaryServerError(RuntimeError):
     """The server did not come up; the message names its log file."""
@@ -41,8 +37,7 @@ def free_port() -> int:
 def _die_with(parent: int):
     """The child's first act: ask for SIGTERM when its parent dies (and exit if it already has)."""
     def arm() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+        if not stopping.stop_with_parent(parent) or os.getppid() != parent:
             os._exit(1)
     return arm
 
@@ -64,8 +59,11 @@ def start(home: Path, timeout: float = 120.0) -> subprocess.Popen:
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "error", "--lifespan", "on"]
     with open(log_path, "wb") as log:
+        # Its own session: Ctrl-C in a terminal signals the whole foreground process group, and a
+        # server that died with the command's first SIGINT would leave the stopping command unable
+        # to record its flow run's state. It ends with the command instead (parent-death signal).
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with(os.getpid()))
+                                   preexec_fn=_die_with(os.getpid()), start_new_session=True)
     atexit.register(stop, process)
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + timeout

@@ -62,10 +62,8 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # finished earlier: the run reuses them
 
     def stage_seconds(self, stage: str) -> float:
-        chosen = [p for p in self.pieces if p.stage == stage]
-        if stage != "scenarios":
-            return sum(p.seconds(self.speed) for p in chosen)
-        return makespan([p.seconds(self.speed) for p in chosen], self.workers)
+        chosen = [p.seconds(self.speed) for p in self.pieces if p.stage == stage]
+        return sum(chosen) if stage == "data" else makespan(chosen, self.workers)
 
     def total_seconds(self) -> float:
         return sum(self.stage_seconds(stage) for stage in ("data", "pretrain", "scenarios"))
@@ -123,6 +121,13 @@ def thin_pretraining(reduction: float) -> str:
     return f"small_dense pretraining -{reduction:g}"
 
 
+def thin_beside_source(settings: Settings, reductions: set[float] | list[float]) -> list[float]:
+    """The thin networks pretrained side by side with the source model, on the workers it leaves
+    free (it trains at `orchestration.torch_threads`); the others are pretrained in the grid."""
+    free_workers = settings.orchestration.workers - 1 if settings.orchestration.task_runner == "threads" else 0
+    return sorted(reductions)[:max(0, free_workers)]
+
+
 def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset()) -> Plan:
     """The pieces of `reid-prune run` on `settings`, minus those `finished` names (already on disk:
     SOURCE_MODEL, `thin_pretraining(r)`, scenario keys)."""
@@ -146,8 +151,9 @@ def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset())
     rounds = -(-settings.scenarios.epochs // settings.adapt.epochs_per_round)
     thin = {s.flops_reduction for s in grid if s.name == "small_dense"} - {
         r for r in settings.scenarios.flops_reductions if thin_pretraining(r) in finished}
+    beside = thin_beside_source(settings, {s.flops_reduction for s in grid if s.name == "small_dense"})
     for reduction in sorted(thin):  # the thin network has (1 - r) of the FLOPs: about that share of the time
-        pieces.append(Piece("scenarios", thin_pretraining(reduction),
+        pieces.append(Piece("pretrain" if reduction in beside else "scenarios", thin_pretraining(reduction),
                             train_images=round((1 - reduction) * pretraining_images(settings, source))))
     for scenario in grid:
         if scenario.key in finished:

@@ -55,3 +55,25 @@ def reset() -> None:
 def exit_code(signal_number: int) -> int:
     """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + signal_number
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def stop_with_parent(parent: int | None = None) -> bool:
+    """Ask the kernel for SIGTERM when this process's parent dies (Linux), so a command run under
+    another program (`dvc repro`) stops when that program is stopped alone, instead of running on
+    as an orphan. `parent`: the PID expected as parent (default: the current one); if it has
+    already gone, SIGTERM is raised at once. False where the kernel offers no such signal."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid() if parent is None else parent
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        return False
+    if os.getppid() != parent:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True

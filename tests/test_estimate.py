@@ -74,3 +74,17 @@ def test_progress_counts_scenarios_and_the_time_left_shrinks(tiny_domains, tmp_p
     line = progress.line()
     assert f"stage 3/4 (scenarios), scenario 1/{len(plan.scenario_keys)} done" in line
     assert progress.remaining_seconds() < before
+
+
+def test_the_thin_network_is_priced_beside_the_source_model_with_a_free_worker(tiny_domains, tmp_path):
+    """With two workers the pretrain stage takes the longer of the two trainings, not their sum;
+    with one, the thin network waits for a worker in the grid."""
+    two = plan_run(quick_settings(tmp_path, tiny_domains, "orchestration.workers=2",
+                                  "orchestration.torch_threads=1"), SPEED)
+    stages = {p.name: p.stage for p in two.pieces}
+    assert stages[SOURCE_MODEL] == stages[thin_pretraining(0.5)] == "pretrain"
+    durations = {p.name: p.seconds(SPEED) for p in two.pieces if p.stage == "pretrain"}
+    assert two.stage_seconds("pretrain") == pytest.approx(max(durations.values()))
+    one = plan_run(quick_settings(tmp_path, tiny_domains), SPEED)  # the quick profile: one worker
+    assert {p.name: p.stage for p in one.pieces}[thin_pretraining(0.5)] == "scenarios"
+    assert one.stage_seconds("pretrain") == pytest.approx(durations[SOURCE_MODEL])

@@ -93,6 +93,45 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
         assert best.tags["scenario"] == max(pruned, key=lambda r: r["rank1"])["key"]
 
 
+def test_the_thin_network_pretrains_beside_the_source_model(prefect_harness, tiny_domains, tmp_path, monkeypatch):
+    """With two workers, small_dense's thin network trains while the source model trains (their
+    training intervals overlap), and the grid then reuses it instead of training it again."""
+    import threading
+    import time
+
+    from prefect import flow
+
+    import reid_models.scenarios
+    import reid_models.stages
+    from flows.prune_adapt import pretrain_side_by_side, settings_for
+
+    intervals, lock, real = [], threading.Lock(), reid_models.stages.pretrain
+
+    def timed_pretrain(*args, **kwargs):
+        began = time.monotonic()
+        result = real(*args, **kwargs)
+        with lock:
+            intervals.append((began, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(reid_models.stages, "pretrain", timed_pretrain)  # the source model's
+    monkeypatch.setattr(reid_models.scenarios, "pretrain", timed_pretrain)  # the thin network's
+    settings = settings_for("quick", quick_overrides(tmp_path, tiny_domains, *TINY, "orchestration.workers=2",
+                                                     "orchestration.torch_threads=1",
+                                                     "scenarios.names=[small_dense]"), str(PARAMS))
+
+    @flow
+    def pretraining():
+        return pretrain_side_by_side(settings, None)
+
+    source = pretraining()
+    assert os.path.isfile(source)
+    assert (tmp_path / "outputs" / "scenarios" / "small_dense_source_0.5" / "model.pt").is_file()
+    assert len(intervals) == 2
+    (first_began, first_ended), (second_began, _) = sorted(intervals)
+    assert second_began < first_ended, "the two pretrainings ran one after the other"
+
+
 def test_bad_settings_fail_before_any_work(tmp_path):
     """The CLI stops with the key path and leaves nothing behind."""
     result = subprocess.run(
