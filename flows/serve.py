@@ -15,7 +15,7 @@ from prefect import serve
 from flows.prune_adapt import prune_adapt
 
 DEPLOYMENTS = {"default": "the everyday grid on the embedded synthetic benchmark (about 20 min at probe 70 images/s)",
-               "full": "the benchmarks' grid (docs/RESULTS.md), about 3x the default",
+               "full": "the benchmarks' grid (docs/RESULTS.md), about 4x the default's time",
                "quick": "the tests' size, a few minutes"}
 
 

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -75,6 +76,41 @@ def test_serve_run_the_deployment_and_stop(tiny_domains, tmp_path):
         assert parent["info"]["status"] == "FINISHED"
         assert sorted(c["info"]["run_name"].split("-")[0] for c in children) == ["prune_during", "source_only"]
         assert all(c["info"]["status"] == "FINISHED" for c in children)
+
+        # Stopping a served run: cancelling it in Prefect stops the work within seconds (the serving
+        # process sends the flow run's process SIGTERM) and the MLflow runs of the stopped work are KILLED.
+        first_runs = {r["info"]["run_id"] for r in runs}
+        long = [*quick_overrides(tmp_path / "long", tiny_domains, *TINY, "scenarios.names=[adapt_only]",
+                                 "scenarios.adaptation=[supervised]", "scenarios.epochs=40"), *tracking]
+        started = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick", "--params",
+                                  json.dumps({"overrides": long, "params": str(PARAMS)})],
+                                 capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                                 env={**env, "PREFECT_API_URL": api})
+        long_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        epoch = tmp_path / "long" / "outputs" / "scenarios" / "adapt_only-none-0-supervised-seed0" / "step1_adapt" \
+            / "last.pt"
+        deadline = time.monotonic() + 600
+        while not epoch.is_file():  # adapt_only has finished an epoch: cancel it mid-scenario
+            assert time.monotonic() < deadline, "the served run never started training"
+            time.sleep(0.5)
+        subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", long_run_id], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120, env={**env, "PREFECT_API_URL": api}, check=True)
+        cancelled = time.monotonic()  # the serving process sees it at its next poll (2 s) and sends SIGTERM
+        while get_json(f"{api}/flow_runs/{long_run_id}")["state"]["type"] not in ("CANCELLED", "CRASHED"):
+            assert time.monotonic() - cancelled < 60, "the cancelled run did not end"
+            time.sleep(0.5)
+
+        def long_runs() -> list[dict]:  # the MLflow runs of the cancelled pipeline
+            found = get_json(f"{mlflow}/runs/search", {"experiment_ids": [ours["experiment_id"]]})["runs"]
+            return [r for r in found if r["info"]["run_id"] not in first_runs]
+
+        while not long_runs() or any(r["info"]["status"] == "RUNNING" for r in long_runs()):
+            assert time.monotonic() - cancelled < 60, [r["info"] for r in long_runs()]  # MLflow hears a bit later
+            time.sleep(0.5)
+        statuses = {r["info"]["run_name"]: r["info"]["status"] for r in long_runs()}
+        assert statuses == {"prune-adapt-quick": "KILLED", "adapt_only-none-0-supervised-seed0": "KILLED"}, statuses
+        print(f"served run: cancelled to KILLED runs in {time.monotonic() - cancelled:.1f} s")
+        assert time.monotonic() - cancelled < 20, "stopping a served run took more than 20 s"
     finally:
         stopped = subprocess.run([*cli, "stop", "--state-dir", str(state_dir)], capture_output=True, text=True,
                                  cwd=ROOT, timeout=120, env=env)
