@@ -18,6 +18,7 @@ setup: $(STAMP)
 
 # Re-install only when pyproject.toml changes; plain pip reuses the machine's cached torch wheels.
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (once per change of pyproject.toml: about 3 min; the run then prints its estimate)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
