@@ -18,7 +18,7 @@ from tests.conftest import PARAMS, ROOT, quick_overrides
 
 
 def test_grid_runs_each_setting_once():
-    settings = load_settings(PARAMS, overrides=["scenarios.criteria=[plfp,l1]", "scenarios.flops_reductions=[0.3,0.5]",
+    settings = load_settings(PARAMS, "full", ["scenarios.criteria=[plfp,l1]", "scenarios.flops_reductions=[0.3,0.5]",
                                                 "scenarios.seeds=[0,1]"])
     grid = expand_grid(settings)
     per_seed = (1  # source_only: no adaptation, no pruning
