@@ -10,6 +10,7 @@ torchreid's train/eval-dependent forward.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 
 # name -> torchreid builder name; the names are the `pretrain.model` values config.py accepts.
 BACKBONES = ("resnet18", "resnet50", "osnet_x0_25", "osnet_x1_0", "mobilenetv2_x1_0")
+
+# torch's process-wide RNG is shared by all threads. The source model is initialised from it (torchreid's
+# scheme, after torch.manual_seed), while small_dense's thin network may be built in another thread at
+# the same moment, and building any nn.Module draws from that RNG. Code that seeds it and relies on
+# its draws, or builds models beside such code, holds this lock, so the source model does not depend
+# on what runs beside it.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 
 def build_backbone(name: str) -> nn.Module:
@@ -77,8 +85,9 @@ class ReIDNet(nn.Module):
         model's device (initialised on the CPU first, so CPU and CUDA runs start from the same head).
         Its weights are drawn from `generator` (torch's global RNG without one; code that runs
         beside other scenarios passes its own, as the global RNG is shared by every thread)."""
-        classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
-        nn.init.normal_(classifier.weight, std=0.001, generator=generator)
+        with GLOBAL_RNG_LOCK:  # nn.Linear draws its default init from the global RNG (then replaced)
+            classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
+            nn.init.normal_(classifier.weight, std=0.001, generator=generator)
         self.classifier = classifier.to(next(self.parameters()).device)
 
 

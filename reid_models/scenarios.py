@@ -41,7 +41,7 @@ from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
 from reid_models.complexity import count_flops, measure
 from reid_models.config import PruneSettings, Settings
 from reid_models.data.loading import ImageSet
-from reid_models.models import ReIDNet, resolve_device
+from reid_models.models import GLOBAL_RNG_LOCK, ReIDNet, resolve_device
 from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import L1Norm, build_criterion
 from reid_models.pruning.graph import ChannelGraph
@@ -101,11 +101,12 @@ def thin_dense_model(name: str, flops_reduction: float, num_classes: int, height
     """`name` with every channel group narrowed uniformly until it has (1 - reduction) of the
     FLOPs, then freshly initialised (torchreid's scheme) from `generator`: a small dense network,
     not a pruned one."""
-    model = ReIDNet(name, num_classes=num_classes)
-    graph = ChannelGraph(model, height, width)
-    groups = graph.filter_groups()
-    counts = allocate(model, groups, L1Norm(), flops_reduction, height, width, "uniform", 0.95, False, 1)
-    graph.remove_channels({group.name: list(range(counts[group.name])) for group in groups})
+    with GLOBAL_RNG_LOCK:  # building and tracing draw from torch's global RNG (see GLOBAL_RNG_LOCK)
+        model = ReIDNet(name, num_classes=num_classes)
+        graph = ChannelGraph(model, height, width)
+        groups = graph.filter_groups()
+        counts = allocate(model, groups, L1Norm(), flops_reduction, height, width, "uniform", 0.95, False, 1)
+        graph.remove_channels({group.name: list(range(counts[group.name])) for group in groups})
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)

@@ -19,7 +19,7 @@ from reid_models.data.readers import ReIDSplits, hold_out_validation, read_datas
 from reid_models.data.synth import generate_domain, read_info
 from reid_models.evaluate import evaluate_features
 from reid_models.features import extract_features
-from reid_models.models import ReIDNet, load_backbone_weights, resolve_device
+from reid_models.models import GLOBAL_RNG_LOCK, ReIDNet, load_backbone_weights, resolve_device
 from reid_models.pruning.criteria import build_criterion
 from reid_models.pruning.prune import prune_model
 from reid_models.pruning.spec import architecture_spec, build_from_spec, load_into
@@ -80,16 +80,18 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
         log.info("pretrain.init is not applied to the given %s model: it trains from scratch", model.backbone_name)
     init_report = None
     if init:
-        torch.manual_seed(settings.seed)
-        model = ReIDNet(settings.pretrain.model, num_classes=1)  # the head is sized to the identities below
+        with GLOBAL_RNG_LOCK:
+            torch.manual_seed(settings.seed)
+            model = ReIDNet(settings.pretrain.model, num_classes=1)  # the head is sized to the identities below
         init_report = load_backbone_weights(model, init).as_dict()
     data, train_settings = settings.data, settings.pretrain.effective_recipe() if init else settings.pretrain
     device = resolve_device(settings.device)
     images = training_images(load_domain(data.source, data), data, train_settings.augment)
     num_ids = int(images.labels.max()) + 1
     if model is None:
-        torch.manual_seed(settings.seed)  # torchreid initialises from the global RNG: pretrain runs alone
-        model = ReIDNet(train_settings.model, num_classes=num_ids)
+        with GLOBAL_RNG_LOCK:  # torchreid initialises from the global RNG; the thin network may be built beside
+            torch.manual_seed(settings.seed)
+            model = ReIDNet(train_settings.model, num_classes=num_ids)
     else:  # pretrain.init's backbone, or small_dense's thin network (pretrained beside running scenarios)
         model.reset_classifier(num_ids, generator=torch.Generator().manual_seed(settings.seed))
     if init_report:

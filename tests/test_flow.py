@@ -99,6 +99,7 @@ def test_the_thin_network_pretrains_beside_the_source_model(prefect_harness, tin
     import threading
     import time
 
+    import torch
     from prefect import flow
 
     import reid_models.scenarios
@@ -130,6 +131,11 @@ def test_the_thin_network_pretrains_beside_the_source_model(prefect_harness, tin
     assert len(intervals) == 2
     (first_began, first_ended), (second_began, _) = sorted(intervals)
     assert second_began < first_ended, "the two pretrainings ran one after the other"
+    # ... and the source model is the one it would be alone (building the thin network beside it
+    # draws from torch's process-wide RNG, which initialises the source model)
+    alone = real(settings, tmp_path / "alone")["checkpoint"]
+    side_by_side, by_itself = (torch.load(path, weights_only=True)["state_dict"] for path in (source, alone))
+    assert all(torch.equal(side_by_side[key], by_itself[key]) for key in by_itself)
 
 
 def test_bad_settings_fail_before_any_work(tmp_path):
