@@ -104,8 +104,7 @@ def pretrain_side_by_side(settings: Settings, tracker: Tracker | None) -> str:
     """The source model here, and small_dense's thin network on a free worker at the same time (it
     needs only the source data): the stage then takes the source model's time, not the sum. The
     grid finds the thin model on disk and reuses it."""
-    grid = expand_grid(settings)
-    beside = thin_beside_source(settings, {s.flops_reduction for s in grid if s.name == "small_dense"})
+    beside = thin_beside_source(settings)
     with workers_stop_with_this_thread():
         thin = {r: _cached(pretrain_small_dense, (small_dense_dir(settings, r) / "model.pt").is_file()).submit(
             settings, r) for r in beside}

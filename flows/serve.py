@@ -14,7 +14,7 @@ from prefect import serve
 
 from flows.prune_adapt import prune_adapt
 
-DEPLOYMENTS = {"default": "the everyday grid on the embedded synthetic benchmark (about 20 min at probe 70 images/s)",
+DEPLOYMENTS = {"default": "the everyday grid on the embedded synthetic benchmark (about 11 min estimated at probe 70 images/s)",
                "full": "the benchmarks' grid (docs/RESULTS.md), about 4x the default's time",
                "quick": "the tests' size, a few minutes"}
 

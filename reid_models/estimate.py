@@ -125,9 +125,13 @@ def thin_pretraining(reduction: float) -> str:
     return f"small_dense pretraining -{reduction:g}"
 
 
-def thin_beside_source(settings: Settings, reductions: set[float] | list[float]) -> list[float]:
-    """The thin networks pretrained side by side with the source model, on the workers it leaves
-    free (it trains at `orchestration.torch_threads`); the others are pretrained in the grid."""
+def thin_beside_source(settings: Settings) -> list[float]:
+    """The FLOPs reductions whose thin networks are pretrained side by side with the source model,
+    on the workers it leaves free (it trains at `orchestration.torch_threads`); the others are
+    pretrained in the grid."""
+    from reid_models.scenarios import expand_grid
+
+    reductions = {s.flops_reduction for s in expand_grid(settings) if s.name == "small_dense"}
     free_workers = settings.orchestration.workers - 1 if settings.orchestration.task_runner == "threads" else 0
     return sorted(reductions)[:max(0, free_workers)]
 
@@ -155,7 +159,7 @@ def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset())
     rounds = -(-settings.scenarios.epochs // settings.adapt.epochs_per_round)
     thin = {s.flops_reduction for s in grid if s.name == "small_dense"} - {
         r for r in settings.scenarios.flops_reductions if thin_pretraining(r) in finished}
-    beside = thin_beside_source(settings, {s.flops_reduction for s in grid if s.name == "small_dense"})
+    beside = thin_beside_source(settings)
     for reduction in sorted(thin):  # the thin network has (1 - r) of the FLOPs: about that share of the time
         pieces.append(Piece("pretrain" if reduction in beside else "scenarios", thin_pretraining(reduction),
                             train_images=round((1 - reduction) * pretraining_images(settings, source))))

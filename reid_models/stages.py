@@ -92,7 +92,7 @@ def pretrain(settings: Settings, out_dir: str | Path, on_epoch: EpochCallback | 
         with GLOBAL_RNG_LOCK:  # torchreid initialises from the global RNG; the thin network may be built beside
             torch.manual_seed(settings.seed)
             model = ReIDNet(train_settings.model, num_classes=num_ids)
-    else:  # pretrain.init's backbone, or small_dense's thin network (pretrained beside running scenarios)
+    else:  # pretrain.init's backbone, or small_dense's thin network (pretrained beside the source model)
         model.reset_classifier(num_ids, generator=torch.Generator().manual_seed(settings.seed))
     if init_report:
         save_json(out_dir / "init_report.json", init_report)
