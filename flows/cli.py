@@ -329,9 +329,11 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios 
     _setup_logging()
     _stop_on_signals()
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop with it, even when it alone is signalled
-        from reid_models.stopping import stop_with_parent
+        from reid_models.stopping import nearest_dvc_ancestor, stop_with_parent, stop_with_process
 
-        stop_with_parent()
+        stop_with_parent()  # the shell dvc runs us through, or dvc itself
+        if (dvc := nearest_dvc_ancestor()) is not None:
+            stop_with_process(dvc)  # dvc itself, when a shell that did not exec sits between
     if name not in flows.STAGE_NAMES:
         _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(flows.STAGE_NAMES)}"))
     settings = _checked_settings(profile, set_, params)

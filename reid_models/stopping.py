@@ -11,6 +11,8 @@ Exception` handlers (retries, fallbacks) let it through.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import threading
 
@@ -66,7 +68,6 @@ def stop_with_parent(parent: int | None = None) -> bool:
     as an orphan. `parent`: the PID expected as parent (default: the current one); if it has
     already gone, SIGTERM is raised at once. False where the kernel offers no such signal."""
     import ctypes
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -76,4 +77,49 @@ def stop_with_parent(parent: int | None = None) -> bool:
         return False
     if os.getppid() != parent:  # it died before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:  # "pid (comm) state ppid ...": comm may hold spaces
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def _is_dvc(pid: int) -> bool:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        words = cmdline.read().decode(errors="replace").split("\0")
+    names = [word.rsplit("/", 1)[-1] for word in words[:3]]
+    return "dvc" in names  # `dvc repro` or `python -m dvc repro`
+
+
+def nearest_dvc_ancestor() -> int | None:
+    """PID of the `dvc` process this one runs under (through any shell dvc put between), if any."""
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            if _is_dvc(pid):
+                return pid
+            pid = _parent_of(pid)
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def stop_with_process(pid: int) -> bool:
+    """Send this process SIGTERM when process `pid` (an ancestor, not only the parent) ends.
+
+    The parent-death signal covers only the direct parent; `dvc repro` runs its commands through
+    `/bin/sh -c`, and when `sh` does not exec the command (dash, CI's shell) stopping dvc leaves
+    `sh` alive and the stage training on. A pidfd (Linux 5.3+) becomes readable when `pid` exits,
+    without the PID-reuse race of polling; a daemon thread waits on it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, an old kernel, or already gone
+        return False
+
+    def wait_then_stop() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_then_stop, name=f"stop-with-{pid}", daemon=True).start()
     return True

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -87,12 +88,18 @@ def test_repro_then_up_to_date_then_only_what_changed(tmp_path):
     assert {r.data.params.get("prune.flops_reduction") for r in runs if "scenario" in r.data.params} == {"0.5", "0.3"}
 
 
-def test_sigterm_to_dvc_alone_stops_the_running_stage(tmp_path):
+@pytest.mark.parametrize("shell", [None, "/bin/bash"], ids=["sh", "bash"])
+def test_sigterm_to_dvc_alone_stops_the_running_stage(tmp_path, shell):
     """A supervisor that stops `dvc repro` signals dvc, not its stage: the stage must not train on
-    as an orphan. It stops within 10 s, with its stop message, and nothing of the group is left."""
+    as an orphan. It stops within 10 s, with its stop message, and nothing of the group is left.
+    dvc runs the stage through $SHELL, or /bin/sh where SHELL is unset (as under CI): bash execs the
+    command, dash stays between dvc and the stage, so both are checked."""
     params = tiny_params()
     params["pretrain"]["epochs"] = 200  # long enough to be stopped mid-training
     project, env = tiny_project(tmp_path, params)
+    env.pop("SHELL", None)
+    if shell:
+        env["SHELL"] = shell
     log = project / "repro.log"
     with open(log, "w") as out:
         repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, stdout=out,
