@@ -8,6 +8,7 @@ runs `PLAN`, most important first, so an interrupted run still answers the main 
 - prune_during with the default recovery (params.yaml `prune`: the legacy schedule, no teacher)
   and with the gradual recipe of issue 13 (ramp, removal at half the step, recovery in the final
   shape with a mean teacher, BatchNorm recalibration), and ablations of each part (`VARIANTS`);
+- prune_after with and without its teacher (the adapted model it starts from);
 - the budget sweep: adapt_only, prune_during and small_dense at 12 (and 24) epochs: is the gap
   to the unpruned model budget or capacity?
 `--only` picks labels, `--finished-only` collects finished runs without training any.
@@ -84,6 +85,10 @@ PLAN: list[Run] = [
     _sup("small_dense@12", "epochs12", budget="epochs12", scenario="small_dense"),
     Run("adapt_short", "adapt_short", "supervised"),
     Run("prune_after", "prune_after", "supervised"),
+    # prune_after is the one scenario with a teacher stronger than its student's start: the model
+    # adapted to the target before pruning (prune_during's mean teacher is its own recent self)
+    _sup("legacy_distill_after", "legacy_distill", versus="prune_after", scenario="prune_after"),
+    _sup("gradual_after", "gradual", versus="prune_after", scenario="prune_after"),
     Run("prune_before", "prune_before", "supervised"),
     _sup("gradual_no_bn_recal_during", "gradual_no_bn_recal", versus="gradual_during"),
     _sup("gradual_teacher_start_during", "gradual_teacher_start", versus="gradual_during"),

@@ -433,6 +433,47 @@ def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
     console.print(f"wrote {result['checkpoint']}")
 
 
+@app.command(epilog="Example: reid-prune export outputs/scenarios/prune_during-plfp-0.5-supervised-seed0/model.pt "
+                     "--quantize int8_ptq --out exported/")
+def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned or not)")],
+           out: Annotated[Path, typer.Option(help="folder for model.onnx (+ model.int8.onnx) and model.json")],
+           format_: Annotated[str, typer.Option("--format", help="onnx (the only one so far)")] = "onnx",
+           quantize: Annotated[str, typer.Option(help="none | int8_ptq (static int8, calibrated on training "
+                                                      "images of the model's domain)")] = "none",
+           calibration_images: Annotated[int, typer.Option(help="training images for int8 calibration")] = 300,
+           calibration_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "minmax",
+           check_images: Annotated[int, typer.Option(help="real images on which ONNX must equal PyTorch")] = 32) -> None:
+    """Export a model's feature extractor for serving (ONNX Runtime), optionally as int8."""
+    from reid_models import export as exporting
+    from reid_models.checkpoint import load_checkpoint
+    from reid_models.stages import model_from_payload
+
+    _setup_logging()
+    if format_ != "onnx":
+        _fail(ValueError(f"--format {format_!r}: only onnx is offered"))
+    if quantize not in ("none", "int8_ptq"):
+        _fail(ValueError(f"--quantize {quantize!r}: valid values are none, int8_ptq"))
+    if calibration_method not in exporting.CALIBRATION_METHODS:
+        _fail(ValueError(f"--calibration-method {calibration_method!r}: valid values are "
+                         f"{', '.join(exporting.CALIBRATION_METHODS)}"))
+    try:
+        payload = load_checkpoint(checkpoint)
+        model = model_from_payload(payload, str(checkpoint))
+        domain = exporting.model_domain(payload)
+        wanted = check_images + (calibration_images if quantize == "int8_ptq" else 0)
+        images = exporting.domain_training_images(payload, domain, wanted)
+    except (*_user_errors(), FileNotFoundError) as error:
+        _fail(error)
+    height, width = images.shape[-2:]
+    report = exporting.export_model(model, str(checkpoint), out, height, width, images[:check_images],
+                                    images[check_images:] if quantize == "int8_ptq" else None, calibration_method)
+    for name, size in report.files.items():
+        agreement = report.checks[name]["real"]
+        console.print(f"wrote {out / name} ({size / 1e6:.1f} MB): vs PyTorch on {agreement['images']} {domain} "
+                      f"images, max |diff| {agreement['max_abs_diff']:.1e}, min cosine {agreement['min_cosine']:.5f}")
+    console.print(f"wrote {out / 'model.json'} (preprocessing, architecture, checks; also in the ONNX metadata)")
+
+
 @app.command(epilog="Example: reid-prune inspect outputs/pruned/model.pt --timing")
 def inspect(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned or not)")],
             height: int = 128, width: int = 64,
