@@ -107,12 +107,48 @@ def outputs_present(settings: Settings, scenario: scenarios.Scenario) -> bool:
     return (scenarios_dir(settings) / scenario.key / "result.json").is_file()
 
 
+def export_for_serving(settings: Settings, row: dict, tracker: Tracker) -> None:
+    """The scenario's final model as an ONNX file (reid_models.export: checked against PyTorch),
+    logged into its child run's `model` folder as MLflow's onnx flavour beside model.pt, so the
+    registry version carries what a serving runtime loads. Done once the grid has finished: the
+    exporter traces the network, which must not happen beside a scenario still training."""
+    import tempfile
+
+    import mlflow.onnx
+    import onnx
+
+    from reid_models import export as exporting
+    from reid_models.checkpoint import load_checkpoint
+    from reid_models.stages import model_from_payload
+
+    out_dir = scenarios_dir(settings) / row["key"]
+    child = Tracker(tracker.client, row["run_id"])
+    if any(a.path == "model/MLmodel" for a in child.client.list_artifacts(child.run_id, "model")):
+        return  # a re-run that took this scenario from the cache
+    checkpoint = out_dir / "model.pt"
+    payload = load_checkpoint(checkpoint)
+    model = model_from_payload(payload, str(checkpoint))
+    check_images = exporting.domain_training_images(payload, exporting.model_domain(payload), 16, settings.seed)
+    exporting.export_model(model, str(checkpoint), out_dir / "export", settings.data.height, settings.data.width,
+                           check_images, seed=settings.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        flavour = Path(scratch) / "onnx"
+        mlflow.onnx.save_model(onnx.load(out_dir / "export" / "model.onnx"), flavour, save_as_external_data=False)
+        for path in sorted(flavour.iterdir()):  # MLmodel, model.onnx, the environment files
+            child.artifact(path, "model")
+    child.artifact(out_dir / "export" / "model.json", "model")
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> dict:
     """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json;
-    with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
+    with a tracker, also each model as ONNX in its child run and the Model Registry aliases of the
+    best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
     if tracker:
+        for row in rows:
+            if row.get("run_id"):
+                export_for_serving(settings, row, tracker)
         for kind in ("csv", "summary", "plot", "comparisons"):  # comparisons: only with per-query results
             if kind in paths:
                 tracker.artifact(paths[kind], "scenarios")

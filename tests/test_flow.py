@@ -25,7 +25,15 @@ def prefect_harness():
 
 
 def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_harness, tiny_domains, tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    import yaml
     from mlflow.tracking import MlflowClient
+
+    from reid_models.export import OnnxModule
+    from reid_models.stages import load_model
 
     from flows.prune_adapt import prune_adapt, settings_for
     from reid_models.config import SCENARIO_NAMES
@@ -81,8 +89,16 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     assert child.data.metrics["train_gflops"] == pytest.approx(rows[("prune_during", "supervised")]["train_gflops"])
     logged = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"model", "cmc.png", "result.json", "pruning"} <= logged
-    assert {a.path for a in client.list_artifacts(child.info.run_id, "model")} == {"model/model.pt",
-                                                                                  "model/architecture.json"}
+    model_files = {a.path.removeprefix("model/") for a in client.list_artifacts(child.info.run_id, "model")}
+    assert {"model.pt", "architecture.json", "MLmodel", "model.onnx", "model.json"} <= model_files
+    # The ONNX file is MLflow's onnx flavour and computes the PyTorch model's features.
+    served = Path(client.download_artifacts(child.info.run_id, "model", str(tmp_path / "served")))
+    assert "onnx" in yaml.safe_load((served / "MLmodel").read_text())["flavors"]
+    pruned = load_model(served / "model.pt").eval()
+    images = torch.randn(3, 3, 128, 64)
+    with torch.no_grad():
+        expected = pruned(images).numpy()
+    assert np.abs(OnnxModule(served / "model.onnx")(images).numpy() - expected).max() <= 1e-4
 
     # Every final model is a registry version; each budget's alias names its best rank-1.
     versions = client.search_model_versions("name = 'reid-prune'")
