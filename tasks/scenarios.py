@@ -113,6 +113,7 @@ def export_for_serving(settings: Settings, row: dict, tracker: Tracker) -> None:
     registry version carries what a serving runtime loads. Done once the grid has finished: the
     exporter traces the network, which must not happen beside a scenario still training."""
     import tempfile
+    from importlib.metadata import version
 
     import mlflow.onnx
     import onnx
@@ -133,7 +134,9 @@ def export_for_serving(settings: Settings, row: dict, tracker: Tracker) -> None:
                            check_images, seed=settings.seed)
     with tempfile.TemporaryDirectory() as scratch:
         flavour = Path(scratch) / "onnx"
-        mlflow.onnx.save_model(onnx.load(out_dir / "export" / "model.onnx"), flavour, save_as_external_data=False)
+        mlflow.onnx.save_model(onnx.load(out_dir / "export" / "model.onnx"), flavour, save_as_external_data=False,
+                               # given, not inferred: MLflow infers them by importing the model for seconds
+                               pip_requirements=[f"{name}=={version(name)}" for name in ("onnx", "onnxruntime")])
         for path in sorted(flavour.iterdir()):  # MLmodel, model.onnx, the environment files
             child.artifact(path, "model")
     child.artifact(out_dir / "export" / "model.json", "model")
