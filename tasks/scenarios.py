@@ -112,33 +112,21 @@ def export_for_serving(settings: Settings, row: dict, tracker: Tracker) -> None:
     logged into its child run's `model` folder as MLflow's onnx flavour beside model.pt, so the
     registry version carries what a serving runtime loads. Done once the grid has finished: the
     exporter traces the network, which must not happen beside a scenario still training."""
-    import tempfile
-    from importlib.metadata import version
-
-    import mlflow.onnx
-    import onnx
-
     from reid_models import export as exporting
     from reid_models.checkpoint import load_checkpoint
     from reid_models.stages import model_from_payload
 
-    out_dir = scenarios_dir(settings) / row["key"]
     child = Tracker(tracker.client, row["run_id"])
-    if any(a.path == "model/MLmodel" for a in child.client.list_artifacts(child.run_id, "model")):
+    if child.has_artifact("model/MLmodel"):
         return  # a re-run that took this scenario from the cache
+    out_dir = scenarios_dir(settings) / row["key"]
     checkpoint = out_dir / "model.pt"
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))
     check_images = exporting.domain_training_images(payload, exporting.model_domain(payload), 16, settings.seed)
     exporting.export_model(model, str(checkpoint), out_dir / "export", settings.data.height, settings.data.width,
                            check_images, seed=settings.seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        flavour = Path(scratch) / "onnx"
-        mlflow.onnx.save_model(onnx.load(out_dir / "export" / "model.onnx"), flavour, save_as_external_data=False,
-                               # given, not inferred: MLflow infers them by importing the model for seconds
-                               pip_requirements=[f"{name}=={version(name)}" for name in ("onnx", "onnxruntime")])
-        for path in sorted(flavour.iterdir()):  # MLmodel, model.onnx, the environment files
-            child.artifact(path, "model")
+    child.onnx_model(out_dir / "export" / "model.onnx", "model")
     child.artifact(out_dir / "export" / "model.json", "model")
 
 

@@ -106,6 +106,26 @@ class Tracker:
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         retrying(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
+    def has_artifact(self, path: str) -> bool:
+        folder = path.rpartition("/")[0] or None
+        return any(a.path == path for a in retrying(lambda: self.client.list_artifacts(self.run_id, folder)))
+
+    def onnx_model(self, path: str | Path, folder: str = "model") -> None:
+        """An ONNX file as MLflow's onnx flavour (MLmodel, model.onnx, environment files) in `folder`."""
+        import tempfile
+        from importlib.metadata import version
+
+        import mlflow.onnx
+        import onnx
+
+        with tempfile.TemporaryDirectory() as scratch:
+            flavour = Path(scratch) / "onnx"
+            mlflow.onnx.save_model(onnx.load(path), flavour, save_as_external_data=False,
+                                   # given, not inferred: MLflow infers them by importing the model for seconds
+                                   pip_requirements=[f"{name}=={version(name)}" for name in ("onnx", "onnxruntime")])
+            for file in sorted(flavour.iterdir()):
+                self.artifact(file, folder)
+
 
 def client_for(settings: Settings) -> tuple[MlflowClient, str]:
     """Client on the absolute tracking URI and the dataset pair's experiment id (created if new,
