@@ -4,7 +4,7 @@
     python -m bench.inference --checkpoints UNPRUNED.pt PRUNED.pt --json docs/bench/shipping.json
 
 Runtimes: for the unpruned network and for 50%-FLOPs prunings (global PLFP allocation, with kept
-channels rounded to 1 or 8, and uniform allocation), eval-mode inference under PyTorch eager,
+channels rounded to 1, 8 or 16, and uniform allocation), eval-mode inference under PyTorch eager,
 BatchNorm folded into the convs, folded + channels_last, folded + TorchScript freeze, and the
 exported file (`reid_models.export`) under ONNX Runtime in fp32 and static int8. Every variant's
 features are compared with eager's. Speed depends on shapes only, so the pruned shapes come from
@@ -90,6 +90,7 @@ def architectures(name: str, height: int, width: int, reduction: float) -> dict[
     base = ReIDNet(name, num_classes=10).eval()
     variants = {"unpruned": base}
     for label, options in {"plfp_global": {}, "plfp_global_round8": {"round_channels": 8},
+                           "plfp_global_round16": {"round_channels": 16},
                            "plfp_uniform": {"allocation": "uniform"}}.items():
         model = copy.deepcopy(base)
         settings = PruneSettings(mode="oneshot", flops_reduction=reduction, **options)

@@ -25,7 +25,8 @@ from reid_models.config import Settings, load_settings
 from reid_models.estimate import SOURCE_MODEL, thin_beside_source, thin_pretraining
 from reid_models.scenarios import check_budget, expand_grid
 from reid_models.stopping import StopRequested
-from tasks.scenarios import finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, small_dense_dir
+from tasks.scenarios import (finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, ship_all,
+                             small_dense_dir)
 from tasks.stages import data_summary_path, prepare_data, pretrain, source_checkpoint_path
 from tasks.tracking import Tracker, close_orphaned_runs, tracked_run
 
@@ -139,6 +140,7 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
         progress.start_stage("scenarios")
         rows = run_grid(settings, source, tracker)
         progress.start_stage("report")
+        rows = ship_all(settings, rows, tracker)
         paths = report(settings, rows, tracker)
     return {"rows": rows, "paths": paths}
 
@@ -163,7 +165,7 @@ def scenarios_stage(profile: str | None = None, overrides: list[str] | None = No
     settings = settings_for(profile, overrides, params)
     close_orphaned_runs(settings)
     with tracked_run(settings, f"scenarios-{settings.profile}") as tracker:
-        return run_grid(settings, str(source_checkpoint_path(settings)), tracker)
+        return ship_all(settings, run_grid(settings, str(source_checkpoint_path(settings)), tracker), tracker)
 
 
 @flow(name="prune-adapt-report")

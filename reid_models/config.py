@@ -270,6 +270,15 @@ class EvaluateSettings(Section):
     max_rank: int = Field(50, ge=10)
 
 
+class ShipSettings(Section):
+    """How each final model is shipped after the grid (reid_models.export): an ONNX file, int8 or not,
+    scored and timed under ONNX Runtime for the report's `shipped_*` columns."""
+
+    quantize: Literal["none", "int8_ptq"] = "int8_ptq"
+    calibration_images: int = Field(300, ge=1, description="training images of the model's domain, never test")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+
 class TrackingSettings(Section):
     # Relative sqlite paths are resolved against the project root: MLflow needs absolute URIs.
     uri: str = "sqlite:///mlruns.db"
@@ -306,6 +315,7 @@ class Settings(Section):
     adapt: AdaptSettings = AdaptSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    ship: ShipSettings = ShipSettings()
     tracking: TrackingSettings = TrackingSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
 

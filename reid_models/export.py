@@ -222,3 +222,43 @@ def domain_training_images(payload: dict, domain: str, count: int, seed: int = 0
     splits = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
     order = np.random.default_rng(seed).permutation(len(splits.train))[:count]
     return load_images([splits.train[i][0] for i in order], settings.data.height, settings.data.width, progress=False)
+
+
+SHIPPED_FILE = "shipped.json"
+
+
+def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
+    """A finished scenario's model.pt as it ships (`settings.ship`): exported (and quantised) into
+    out_dir/export, scored on the target test split and timed (batch 1 and 32) under ONNX Runtime
+    at `orchestration.torch_threads`. Returns the `shipped_*` fields of its report row, saved in
+    export/shipped.json and reused while model.pt and the ship settings are unchanged."""
+    from reid_models.checkpoint import load_checkpoint
+    from reid_models.complexity import time_forward
+    from reid_models.stages import evaluate_model, load_domain, model_from_payload
+
+    checkpoint, folder = out_dir / "model.pt", out_dir / "export"
+    stamp = {"model_mtime_ns": checkpoint.stat().st_mtime_ns, "ship": settings.ship.model_dump(mode="json"),
+             "threads": settings.orchestration.torch_threads}
+    saved = folder / SHIPPED_FILE
+    if saved.is_file() and (previous := json.loads(saved.read_text())).get("stamp") == stamp:
+        return previous["fields"]
+    payload = load_checkpoint(checkpoint)
+    model = model_from_payload(payload, str(checkpoint))
+    int8 = settings.ship.quantize == "int8_ptq"
+    images = domain_training_images(payload, model_domain(payload), check_images
+                                    + (settings.ship.calibration_images if int8 else 0), settings.seed)
+    data = settings.data
+    report = export_model(model, str(checkpoint), folder, data.height, data.width, images[:check_images],
+                          images[check_images:] if int8 else None, settings.ship.calibration_method, settings.seed)
+    shipped = folder / ("model.int8.onnx" if int8 else "model.onnx")
+    runtime = OnnxModule(shipped, settings.orchestration.torch_threads)
+    target = load_domain(data.target, data, check_images=False)
+    metrics = evaluate_model(runtime, target, data, settings.evaluate, torch.device("cpu"))
+    fields = {"shipped_as": f"onnx {settings.ship.quantize if int8 else 'fp32'}",
+              "shipped_rank1": metrics["rank1"], "shipped_mAP": metrics["mAP"],
+              "shipped_size_bytes": report.files[shipped.name], "onnx_fp32_size_bytes": report.files["model.onnx"],
+              "shipped_cosine_to_pytorch": report.checks[shipped.name]["real"]["mean_cosine"],
+              "shipped_latency_ms": 1000 * time_forward(runtime, 1, data.height, data.width),
+              "shipped_throughput_ips": 32 / time_forward(runtime, 32, data.height, data.width, repeats=5)}
+    atomic_write(saved, (json.dumps({"stamp": stamp, "fields": fields}, indent=2) + "\n").encode())
+    return fields

@@ -18,6 +18,8 @@ MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_bef
            "prune_after": ">", "small_dense": "D"}
 COLOURS = {"supervised": "tab:blue", "unsupervised": "tab:orange", "none": "tab:gray"}
 SETTINGS_COLUMNS = ["scenario", "criterion", "flops_reduction", "adaptation"]
+# What the model is as shipped (reid_models.export.ship_scenario): ONNX Runtime, int8 by default.
+SHIPPED_COLUMNS = ["shipped_rank1", "shipped_mAP", "shipped_size_bytes", "shipped_latency_ms", "shipped_throughput_ips"]
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
@@ -42,6 +44,7 @@ def summary_over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread (min-max) of each setting over its seeds."""
     metrics = {"gflops": "mean", "params_m": "mean", "latency_ms": "mean", "rank1": ["mean", "min", "max", "count"],
                "mAP": "mean", "mINP": "mean", "source_rank1": "mean", "images_seen": "first"}
+    metrics.update({column: "mean" for column in SHIPPED_COLUMNS if column in frame})
     table = frame.groupby(SETTINGS_COLUMNS, sort=False).agg(metrics)
     table.columns = ["_".join(c) if c[1] not in ("mean", "first") else c[0] for c in table.columns]
     return table.rename(columns={"rank1_count": "seeds"}).reset_index()
@@ -78,7 +81,9 @@ def plot_cmc(cmc: list[float], title: str, path: str | Path) -> Path:
 def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.DataFrame | None = None) -> Path:
     """One marker per setting at its mean over seeds; with `intervals` (`stats.setting_intervals`),
     a bar for each setting's 95% interval of rank-1."""
-    points = frame.groupby(SETTINGS_COLUMNS, as_index=False, sort=False)[["flops", "gflops", "rank1"]].mean()
+    shipped = "shipped_rank1" in frame and frame["shipped_rank1"].notna().any()
+    columns = ["flops", "gflops", "rank1"] + (["shipped_rank1"] if shipped else [])
+    points = frame.groupby(SETTINGS_COLUMNS, as_index=False, sort=False)[columns].mean()
     if intervals is not None and not intervals.empty:
         points = points.merge(intervals, on=SETTINGS_COLUMNS, how="left")
     figure, axes = _pyplot().subplots(figsize=(7, 4.5))
@@ -86,6 +91,9 @@ def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.Dat
         colour = COLOURS.get(adaptation, "black")
         axes.scatter(group["gflops"], 100 * group["rank1"], marker=MARKERS.get(scenario, "."),
                      color=colour, s=60, label=f"{scenario} ({adaptation})")
+        if shipped:  # the same model as shipped (int8 ONNX): hollow, at the same FLOPs
+            axes.scatter(group["gflops"], 100 * group["shipped_rank1"], marker=MARKERS.get(scenario, "."),
+                         facecolors="none", edgecolors=colour, s=60)
         if "rank1_ci_low" in group:
             bounded = group.dropna(subset=["rank1_ci_low", "rank1_ci_high"])
             below = np.clip(bounded["rank1"] - bounded["rank1_ci_low"], 0, None)
@@ -99,8 +107,9 @@ def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.Dat
                   alpha=0.5, linestyle="--")
     axes.set_xlabel("GFLOPs per image (physically pruned model)")
     axes.set_ylabel("target rank-1 (%)")
+    hollow = "; hollow: as shipped, " + str(frame["shipped_as"].iloc[0]) if shipped and "shipped_as" in frame else ""
     axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras\n(mean over seeds; bars: 95% bootstrap "
-                   "interval; dashed: Pareto front)", fontsize=10)
+                   f"interval; dashed: Pareto front{hollow})", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     return _save_figure(figure, path)

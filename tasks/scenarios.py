@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from reid_models import report as results
 from reid_models import scenarios
 from reid_models.config import Settings
+from reid_models.export import SHIPPED_FILE
 from tasks.stages import CACHED, transient
 from tasks.tracking import Tracker, register_model, set_best_aliases, tracked_run
 
@@ -44,7 +45,9 @@ def finished_rows(settings: Settings) -> list[dict]:
         path = scenarios_dir(settings) / scenario.key / "result.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the scenarios stage first (reid-prune stage scenarios)")
-        rows.append({**json.loads(path.read_text()), "key": scenario.key})
+        shipped = scenarios_dir(settings) / scenario.key / "export" / SHIPPED_FILE
+        fields = json.loads(shipped.read_text())["fields"] if shipped.is_file() else {}
+        rows.append({**json.loads(path.read_text()), **fields, "key": scenario.key})
     return rows
 
 
@@ -107,39 +110,40 @@ def outputs_present(settings: Settings, scenario: scenarios.Scenario) -> bool:
     return (scenarios_dir(settings) / scenario.key / "result.json").is_file()
 
 
-def export_for_serving(settings: Settings, row: dict, tracker: Tracker) -> None:
-    """The scenario's final model as an ONNX file (reid_models.export: checked against PyTorch),
-    logged into its child run's `model` folder as MLflow's onnx flavour beside model.pt, so the
-    registry version carries what a serving runtime loads. Done once the grid has finished: the
-    exporter traces the network, which must not happen beside a scenario still training."""
-    from reid_models import export as exporting
-    from reid_models.checkpoint import load_checkpoint
-    from reid_models.stages import model_from_payload
+@task(name="ship", task_run_name="ship-{scenario_key}", cache_policy=NO_CACHE)
+def ship(settings: Settings, row: dict, scenario_key: str, tracker: Tracker | None = None) -> dict:
+    """A finished scenario's model as it ships (reid_models.export.ship_scenario: ONNX, int8 per
+    `ship.quantize`, scored and timed under ONNX Runtime); its row gains the `shipped_*` fields.
+    With a tracker, its child run gets them as metrics and the files in its `model` folder (MLflow's
+    onnx flavour beside model.pt), so the registry version carries what a serving runtime loads.
+    Run after the grid, one model at a time: the exporter traces the network, which must not
+    happen beside a scenario still training."""
+    from reid_models.export import ship_scenario
 
-    child = Tracker(tracker.client, row["run_id"])
-    if child.has_artifact("model/MLmodel"):
-        return  # a re-run that took this scenario from the cache
-    out_dir = scenarios_dir(settings) / row["key"]
-    checkpoint = out_dir / "model.pt"
-    payload = load_checkpoint(checkpoint)
-    model = model_from_payload(payload, str(checkpoint))
-    check_images = exporting.domain_training_images(payload, exporting.model_domain(payload), 16, settings.seed)
-    exporting.export_model(model, str(checkpoint), out_dir / "export", settings.data.height, settings.data.width,
-                           check_images, seed=settings.seed)
-    child.onnx_model(out_dir / "export" / "model.onnx", "model")
-    child.artifact(out_dir / "export" / "model.json", "model")
+    limit_threads(settings)
+    out_dir = scenarios_dir(settings) / scenario_key
+    fields = ship_scenario(out_dir, settings)
+    if tracker and row.get("run_id"):
+        child = Tracker(tracker.client, row["run_id"])
+        child.metrics(fields)
+        if not child.has_artifact("model/MLmodel"):  # a re-run that took this scenario from the cache has it
+            child.onnx_model(out_dir / "export" / "model.onnx", "model")
+            for name in ("model.json", "model.int8.onnx"):
+                if (out_dir / "export" / name).is_file():
+                    child.artifact(out_dir / "export" / name, "model")
+    return {**row, **fields}
+
+
+def ship_all(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> list[dict]:
+    return [ship(settings, row, row["key"], tracker) for row in rows]
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> dict:
     """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json;
-    with a tracker, also each model as ONNX in its child run and the Model Registry aliases of the
-    best model per FLOPs budget."""
+    with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
     if tracker:
-        for row in rows:
-            if row.get("run_id"):
-                export_for_serving(settings, row, tracker)
         for kind in ("csv", "summary", "plot", "comparisons"):  # comparisons: only with per-query results
             if kind in paths:
                 tracker.artifact(paths[kind], "scenarios")

@@ -90,7 +90,13 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     logged = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"model", "cmc.png", "result.json", "pruning"} <= logged
     model_files = {a.path.removeprefix("model/") for a in client.list_artifacts(child.info.run_id, "model")}
-    assert {"model.pt", "architecture.json", "MLmodel", "model.onnx", "model.json"} <= model_files
+    assert {"model.pt", "architecture.json", "MLmodel", "model.onnx", "model.json", "model.int8.onnx"} <= model_files
+    # As shipped (int8 ONNX under ONNX Runtime): scored, timed, smaller, in the report and the child run.
+    shipped = rows[("prune_during", "supervised")]
+    assert shipped["shipped_as"] == "onnx int8_ptq" and 0.0 <= shipped["shipped_rank1"] <= 1.0
+    assert shipped["shipped_size_bytes"] < shipped["onnx_fp32_size_bytes"] / 3 and shipped["shipped_latency_ms"] > 0
+    assert child.data.metrics["shipped_rank1"] == pytest.approx(shipped["shipped_rank1"])
+    assert frame["shipped_rank1"].notna().all()
     # The ONNX file is MLflow's onnx flavour and computes the PyTorch model's features.
     served = Path(client.download_artifacts(child.info.run_id, "model", str(tmp_path / "served")))
     assert "onnx" in yaml.safe_load((served / "MLmodel").read_text())["flavors"]
