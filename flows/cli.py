@@ -146,18 +146,25 @@ def _results_table(frame) -> Table:
     table = Table(title="Where to prune: scenarios on the target cameras (Market-1501 protocol)",
                   caption="rank/mAP/mINP on the target test split (new cameras, unseen identities); "
                           "src r1: source test rank-1; images: training images seen after pretraining")
+    shipped = bool("shipped_rank1" in frame and frame["shipped_rank1"].notna().all())
     columns = ("scenario", "criterion", "FLOPs -", "adaptation", "GFLOPs", "params (M)", "latency (ms)", "rank1",
-               "mAP", "mINP", "src r1", "images", "seeds")
+               "mAP", "mINP", "src r1", "images", "seeds") + (("ship r1", "ship MB", "ship ms") if shipped else ())
+    if shipped:
+        table.caption += f"; ship: the {frame['shipped_as'].iloc[0]} file under ONNX Runtime (rank-1, size, batch-1 ms)"
     for column in columns:
         text = column in ("scenario", "criterion", "adaptation")
         # names are what the reader scans for: never cut them; headers of numbers may wrap instead
         table.add_column(column, justify="left" if text else "right", no_wrap=text, min_width=12 if text else None)
     for row in summary_over_seeds(frame).itertuples():
         spread = f" ({100 * row.rank1_min:.1f}-{100 * row.rank1_max:.1f})" if row.seeds > 1 else ""
-        table.add_row(row.scenario, row.criterion, f"{row.flops_reduction:g}", row.adaptation, f"{row.gflops:.3f}",
-                      f"{row.params_m:.2f}", f"{row.latency_ms:.1f}", f"{100 * row.rank1:.1f}{spread}",
-                      f"{100 * row.mAP:.1f}", f"{100 * row.mINP:.1f}", f"{100 * row.source_rank1:.1f}",
-                      str(int(row.images_seen)), str(int(row.seeds)))
+        cells = [row.scenario, row.criterion, f"{row.flops_reduction:g}", row.adaptation, f"{row.gflops:.3f}",
+                 f"{row.params_m:.2f}", f"{row.latency_ms:.1f}", f"{100 * row.rank1:.1f}{spread}",
+                 f"{100 * row.mAP:.1f}", f"{100 * row.mINP:.1f}", f"{100 * row.source_rank1:.1f}",
+                 str(int(row.images_seen)), str(int(row.seeds))]
+        if shipped:
+            cells += [f"{100 * row.shipped_rank1:.1f}", f"{row.shipped_size_bytes / 1e6:.1f}",
+                      f"{row.shipped_latency_ms:.1f}"]
+        table.add_row(*cells)
     return table
 
 
