@@ -156,14 +156,16 @@ def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     pairs = []
     for mode in sorted({r["adaptation"] for r in rows}):
-        pruned = {(r["label"], r["budget"], r["versus"]) for r in rows
+        pruned = {(r["label"], r["name"], r["budget"], r["versus"]) for r in rows
                   if r["adaptation"] == mode and r["name"] not in REFERENCES}
-        for label, budget, versus in sorted(pruned, key=str):
+        for label, name, budget, versus in sorted(pruned, key=str):
             suffix = "" if budget == "default" else "@" + budget.removeprefix("epochs")
             for reference in REFERENCES:
                 pairs.append((mode, label, reference + suffix, f"vs_{reference}"))
             if versus:
                 pairs.append((mode, label, versus, "ablation"))
+            if name != "prune_during":  # another stage's best recipe against the best stage's default
+                pairs.append((mode, label, "prune_during" + suffix, "vs_prune_during"))
     records = []
     for mode, a, b, kind in pairs:
         seeds = sorted(s for (label, m, s) in by if label == a and m == mode and (b, mode, s) in by)
