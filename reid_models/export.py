@@ -103,6 +103,9 @@ def session(path: Path, threads: int = 0):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # Idle worker threads sleep instead of spinning: a spinning pool takes the cores from whatever
+    # runs next (PyTorch, another session), which skews any timing done beside it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
