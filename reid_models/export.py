@@ -194,6 +194,7 @@ def export_model(model: ReIDNet, checkpoint: str, out_dir: Path, height: int, wi
                           "the file was removed. Report it with the checkpoint's architecture")
     report.files[fp32.name] = fp32.stat().st_size
     report.checks[fp32.name] = checks
+    (out_dir / "model.int8.onnx").unlink(missing_ok=True)  # never left from an earlier export of another model
     if calibration_images is not None:
         int8 = quantize_int8(fp32, out_dir / "model.int8.onnx", normalise(calibration_images), calibration_method)
         report.files[int8.name] = int8.stat().st_size
