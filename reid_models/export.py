@@ -14,6 +14,9 @@ int8 (ONNX Runtime static quantisation, QDQ format, per-channel weights): activa
 calibrated on training images of the model's domain (never test images); the calibration method
 (minmax, entropy, percentile) is a setting. The BNNeck's BatchNorm stays float: it is a per-feature
 affine map on 512 values, costs nothing, and its scale is what retrieval distances are made of.
+
+`ship_scenario` is the pipeline's last step for each final model: export, quantise (`ship`
+settings), then score and time the shipped file under ONNX Runtime for the report.
 """
 
 from __future__ import annotations
