@@ -31,7 +31,7 @@ import torch
 
 from reid_models.checkpoint import atomic_write
 from reid_models.complexity import fold_batchnorm
-from reid_models.data.loading import IMAGENET_MEAN, IMAGENET_STD
+from reid_models.data.loading import IMAGENET_MEAN, IMAGENET_STD, test_transform
 from reid_models.models import ReIDNet
 from reid_models.pruning.spec import architecture_spec
 
@@ -78,10 +78,9 @@ class ExportReport:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x H x W -> the model's float input, as `Preprocessing` describes it."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    """uint8 N x 3 x H x W -> the model's float input, as `Preprocessing` describes it: the very
+    transform evaluation uses."""
+    return test_transform()(images)
 
 
 def export_onnx(model: ReIDNet, path: Path, height: int, width: int, metadata: dict[str, str]) -> Path:
