@@ -52,7 +52,7 @@ def test_a_corrupt_image_names_the_file_without_a_traceback_or_library_chatter(t
     assert str(log_file) in result.stdout and "Traceback" in log_file.read_text()
 
 
-@pytest.mark.parametrize("command", ["", "doctor", "run", "report", "stage", "serve", "stop", "synth", "prune",
+@pytest.mark.parametrize("command", ["", "doctor", "run", "report", "stage", "serve", "stop", "synth", "prune", "estimate",
                                      "inspect"])
 def test_every_help_shows_an_example(command, tmp_path):
     result = _cli(*([command] if command else []), "--help", tmp_path=tmp_path, timeout=120)
