@@ -19,17 +19,23 @@ setup: $(STAMP)
 
 # The set-up comes in two halves so that a fresh `make run` prints this machine's speed and the run's
 # estimate within its first 2 minutes: first what the probe needs (torch, torchreid, ...: pyproject's
-# [tool.reid-prune] first-install, about 100 s, most of it torch's wheels), then the rest. Re-installed
-# only when pyproject.toml changes; plain pip reuses the machine's cached torch wheels.
+# [tool.reid-prune] first-install), then the rest. pip compiling every installed module to bytecode
+# one at a time is half of the first half (58 s instead of 113 s without it: docs/RESULTS.md section 1),
+# so the first half skips it and the second half compiles on all cores. Re-installed only when
+# pyproject.toml changes; plain pip reuses the machine's cached torch wheels.
 $(FIRST_STAMP): pyproject.toml
-	@echo "setting up $(VENV), first half (once per change of pyproject.toml: about 100 s, then the estimate)"
+	@echo "setting up $(VENV), first half (once per change of pyproject.toml: about 1 min, then the estimate)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $$($(PY) tools/first_requirements.py)
+	$(BIN)/pip install -q --upgrade pip  # the pip that comes with the venv installs about 2x slower
+	$(BIN)/pip install -q --no-compile $$($(PY) tools/first_requirements.py)
 	touch $@
 
+# compileall exits 1 on the few files in site-packages that are not Python 3 (templates, tests); pip
+# skips those too.
 $(STAMP): $(FIRST_STAMP)
-	@echo "setting up $(VENV), second half: Prefect, MLflow, DVC, ONNX and the project itself"
+	@echo "setting up $(VENV), second half: Prefect, MLflow, DVC, ONNX, the project, and bytecode"
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -m compileall -q -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	touch $@
 
 run: $(FIRST_STAMP)

@@ -286,7 +286,7 @@ def _print_estimate(settings, speed: dict) -> None:
     from reid_models.estimate import Speed, describe, plan_run
 
     if importlib.util.find_spec("prefect") is None:  # `make run`'s set-up is half done
-        finished, note = set(), " (before the set-up's second half, about 1 min; counting nothing on disk as finished)"
+        finished, note = set(), " (before the set-up's second half, about 2 min; counting nothing on disk as finished)"
     else:
         from flows.progress import finished_pieces  # imports Prefect: after the temporary server is up
 
