@@ -24,6 +24,8 @@ import torch
 from scipy import sparse
 from sklearn.cluster import DBSCAN
 
+from reid_models.models import ClusterMemory
+
 log = logging.getLogger(__name__)
 
 
@@ -110,6 +112,17 @@ class ClusterSettings:
     eps: float = 0.4
     min_samples: int = 4
     camera_aware: bool = True
+    eps_quantile: float | None = None  # set: eps is this quantile of each round's graph (label_free_eps)
+
+
+def label_free_eps(graph: sparse.csr_matrix, quantile: float) -> float:
+    """DBSCAN's radius from the features alone: the `quantile` of the Jaccard distances between
+    mutual neighbours (the pairs the sparse graph stores). It follows the distance scale as the
+    features tighten over rounds, where a fixed eps does not; it never sees an identity label."""
+    distances = graph.data[graph.data > 0]
+    if not len(distances):
+        raise ValueError("adapt.cluster.eps_quantile: the neighbour graph holds no distances (too few images?)")
+    return float(np.quantile(distances, quantile))
 
 
 def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: ClusterSettings) -> np.ndarray:
@@ -119,8 +132,18 @@ def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: Cluste
     else:
         features = torch.nn.functional.normalize(features.float(), dim=1)
     graph = jaccard_graph(features.numpy(), settings.k1, settings.k2)
+    eps = settings.eps if settings.eps_quantile is None else label_free_eps(graph, settings.eps_quantile)
     # Pairs outside each other's k1 neighbourhoods are absent from the sparse graph, i.e. "far".
-    return DBSCAN(eps=settings.eps, min_samples=settings.min_samples, metric="precomputed").fit_predict(graph)
+    return DBSCAN(eps=eps, min_samples=settings.min_samples, metric="precomputed").fit_predict(graph)
+
+
+def cluster_centroids(features: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """Mean unit-length feature of each pseudo-identity (outliers, -1, left out): the memory's start."""
+    kept = torch.from_numpy(labels >= 0)
+    index = torch.from_numpy(labels[labels >= 0]).long()
+    unit = torch.nn.functional.normalize(features[kept].float(), dim=1)
+    sums = torch.zeros(int(index.max()) + 1, unit.shape[1]).index_add_(0, index, unit)
+    return sums / torch.bincount(index).unsqueeze(1)
 
 
 def describe_clusters(labels: np.ndarray, true_pids: np.ndarray | None = None) -> dict:
@@ -136,6 +159,13 @@ def describe_clusters(labels: np.ndarray, true_pids: np.ndarray | None = None) -
 
 
 RoundCallback = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The cluster memory head (`adapt.head: memory`); Cluster-Contrast's defaults."""
+    temperature: float = 0.05
+    momentum: float = 0.2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,9 +187,14 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                        true_pids: np.ndarray | None = None, backbone_lr_scale: float = 0.1,
                        epoch_hook: Callable[[int], None] | None = None,
                        on_labels: Callable[[object], None] | None = None,
-                       checkpoint_dir: str | Path | None = None, **train_options) -> list[dict]:
+                       checkpoint_dir: str | Path | None = None, memory: MemorySettings | None = None,
+                       **train_options) -> list[dict]:
     """Rounds of: features of the unlabelled target images -> pseudo-labels -> training on them,
     `epochs_per_round` epochs each, until `recipe.epochs` epochs are spent.
+
+    The identity head of each round is a new random classifier, or with `memory` a cluster memory
+    started at the round's centroids (`models.ClusterMemory`: InfoNCE against momentum-updated
+    centroids, no label smoothing, Cluster-Contrast's objective) beside the triplet term.
 
     `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
     `epoch_hook(e)` gets the epoch index across rounds (progressive pruning rides on it);
@@ -188,11 +223,19 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                           target_train.camids[kept], target_train.transform)
         if on_labels:
             on_labels(subset)
-        model.reset_classifier(report["clusters"], generator=torch.Generator().manual_seed(seed * 1000 + round_index))
+        round_recipe = recipe.model_copy(update={"epochs": epochs})
+        if memory is None:
+            model.reset_classifier(report["clusters"],
+                                   generator=torch.Generator().manual_seed(seed * 1000 + round_index))
+        else:
+            device_of_model = next(model.parameters()).device
+            model.classifier = ClusterMemory(cluster_centroids(features, labels), memory.temperature,
+                                             memory.momentum).to(device_of_model)
+            round_recipe = round_recipe.model_copy(update={"label_smoothing": 0.0})
         offset = done
         hook = (lambda epoch, offset=offset: epoch_hook(offset + epoch)) if epoch_hook else None
         checkpoint = Path(checkpoint_dir) / f"round_{round_index}.pt" if checkpoint_dir else None
-        trained = train_model(model, subset, recipe.model_copy(update={"epochs": epochs}), device,
+        trained = train_model(model, subset, round_recipe, device,
                               seed=seed * 1000 + round_index, backbone_lr_scale=backbone_lr_scale,
                               epoch_hook=hook, checkpoint_path=checkpoint, **train_options)
         done += epochs

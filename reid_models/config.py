@@ -216,6 +216,15 @@ class ClusterSettingsModel(Section):
     eps: float = Field(0.4, gt=0.0, lt=1.0, description="DBSCAN radius on the Jaccard distance")
     min_samples: int = Field(4, ge=2)
     camera_aware: bool = True
+    eps_quantile: float | None = Field(None, gt=0.0, lt=1.0, description="set: eps is this quantile of each "
+                                          "round's neighbour distances (no labels), instead of the fixed eps")
+
+
+class MemorySettingsModel(Section):
+    """The cluster memory head of unsupervised adaptation (`adapt.head: memory`)."""
+
+    temperature: float = Field(0.05, gt=0.0, description="InfoNCE temperature")
+    momentum: float = Field(0.2, ge=0.0, lt=1.0, description="centroid <- momentum x centroid + (1 - momentum) x feature")
 
 
 class AdaptSettings(Section):
@@ -224,6 +233,9 @@ class AdaptSettings(Section):
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr x this; the new head gets lr")
     epochs_per_round: int = Field(2, ge=1, description="unsupervised: epochs on each round's pseudo-labels")
     cluster: ClusterSettingsModel = ClusterSettingsModel()
+    head: Literal["classifier", "memory"] = Field("classifier", description="unsupervised: a new random head "
+                                                  "each round, or a cluster memory (Cluster-Contrast)")
+    memory: MemorySettingsModel = MemorySettingsModel()
     # The new head learns at this lr, the backbone at backbone_lr_scale of it (params.yaml says why).
     train: FinetuneSettings = FinetuneSettings(lr=0.0035)
 

@@ -91,6 +91,37 @@ class ReIDNet(nn.Module):
         self.classifier = classifier.to(next(self.parameters()).device)
 
 
+class ClusterMemory(nn.Linear):
+    """Cluster-Contrast's memory (Dai et al., 2022) as the identity head of unsupervised adaptation.
+
+    Its weight rows are the pseudo-identities' centroids, unit length; logits are the cosine
+    similarities of the normalised embedding to them over `temperature`, so cross-entropy on them is
+    the InfoNCE loss against the cluster memory. The centroids are not learned by gradient: after
+    each optimizer step `update` moves each sample's centroid towards its feature by momentum. A
+    Linear subclass, so checkpoints, loading and pruning's dependency graph see an ordinary head."""
+
+    def __init__(self, centroids: torch.Tensor, temperature: float = 0.05, momentum: float = 0.2) -> None:
+        super().__init__(centroids.shape[1], centroids.shape[0], bias=False, device=centroids.device)
+        with torch.no_grad():
+            self.weight.copy_(nn.functional.normalize(centroids.float(), dim=1))
+        self.weight.requires_grad_(False)
+        self.temperature, self.momentum = temperature, momentum
+        self._last_embedding: torch.Tensor | None = None
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        self._last_embedding = embedding.detach()
+        return nn.functional.normalize(embedding, dim=1) @ self.weight.t() / self.temperature
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor) -> None:
+        """Centroid of each sample of the last forward <- momentum x centroid + (1 - momentum) x
+        feature, renormalised; one sample at a time, in batch order, as Cluster-Contrast does."""
+        features = nn.functional.normalize(self._last_embedding, dim=1)
+        for feature, label in zip(features, labels.tolist()):
+            centroid = self.momentum * self.weight[label] + (1 - self.momentum) * feature
+            self.weight[label] = centroid / centroid.norm().clamp_min(1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Starting weights (`pretrain.init`): a local file mapped onto the backbone by key name.
 #

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reid_models.adapt import ClusterSettings, adapt_unsupervised
+from reid_models.adapt import ClusterSettings, MemorySettings, adapt_unsupervised
 from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
 from reid_models.complexity import count_flops, measure
 from reid_models.config import PruneSettings, Settings
@@ -144,8 +144,13 @@ RECIPE_REVISION = {"prune_during": 3, "prune_after": 3}  # 2: pruning steps at f
 def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | Path) -> str:
     """What a finished scenario's results depend on; anything else changing re-runs it."""
     digest = hashlib.sha1(Path(start_checkpoint).read_bytes())
-    relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"),
-                "adapt": settings.adapt.model_dump(mode="json"),
+    adapt = settings.adapt.model_dump(mode="json")
+    # Settings added after results were saved are left out while they change nothing, so those stay valid.
+    if adapt["head"] == "classifier":
+        del adapt["head"], adapt["memory"]
+    if adapt["cluster"]["eps_quantile"] is None:
+        del adapt["cluster"]["eps_quantile"]
+    relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"), "adapt": adapt,
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),
                 "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device,
@@ -331,7 +336,9 @@ class ScenarioRun:
                 history = adapt_unsupervised(
                     model, target, self.adapt_recipe(stop - first), cluster, settings.adapt.epochs_per_round,
                     self.device, seed=self.scenario.seed + 1000 * first, on_round=self.on_round,
-                    true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir, **options)
+                    true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir,
+                    memory=MemorySettings(**settings.adapt.memory.model_dump()) if settings.adapt.head == "memory"
+                    else None, **options)
             recalibrated = 0
             if pruner is not None:
                 save_json(step_dir / "channels.json", pruner.finish())

@@ -25,7 +25,7 @@ from reid_models import stopping
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
 from reid_models.config import TrainRecipe
 from reid_models.data.loading import IdentityBatchSampler, ImageSet, SeededBatches
-from reid_models.models import ReIDNet
+from reid_models.models import ClusterMemory, ReIDNet
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict], None]
@@ -154,6 +154,8 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
+            if isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
+                model.classifier.update(labels)
             if teacher is not None:
                 teacher.follow(model)
             n = len(labels)

@@ -64,3 +64,88 @@ def test_unsupervised_rounds_train_on_pseudo_labels(tiny_domains):
         assert report["clusters"] >= 2 and report["images"] > 0 and np.isfinite(report["loss"])
         assert -1.0 <= report["adjusted_rand_index"] <= 1.0
     assert model.classifier.out_features == history[-1]["clusters"]
+
+
+def test_cluster_memory_scores_cosines_and_moves_centroids_by_momentum_in_batch_order():
+    from reid_models.models import ClusterMemory
+
+    centroids = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # stored at unit length
+    memory = ClusterMemory(centroids, temperature=0.5, momentum=0.2)
+    assert torch.allclose(memory.weight, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert not memory.weight.requires_grad  # centroids follow features, not gradients
+    embedding = torch.tensor([[0.0, 0.0, 3.0], [0.0, 1.0, 1.0]])
+    logits = memory(embedding)
+    unit = torch.nn.functional.normalize(embedding, dim=1)
+    assert torch.allclose(logits, unit @ memory.weight.t() / 0.5)
+
+    memory.update(torch.tensor([0, 0]))  # both samples belong to pseudo-identity 0, applied one after the other
+    expected = torch.tensor([1.0, 0.0, 0.0])
+    for feature in unit:
+        expected = 0.2 * expected + 0.8 * feature
+        expected = expected / expected.norm()
+    assert torch.allclose(memory.weight[0], expected, atol=1e-6)
+    assert torch.equal(memory.weight[1], torch.tensor([0.0, 1.0, 0.0]))  # untouched
+    assert torch.allclose(memory.weight.norm(dim=1), torch.ones(2))
+
+
+def test_centroids_are_mean_unit_features_of_each_pseudo_identity():
+    from reid_models.adapt import cluster_centroids
+
+    features = torch.tensor([[2.0, 0.0], [0.0, 5.0], [0.0, 1.0], [9.0, 9.0]])
+    centroids = cluster_centroids(features, np.array([0, 1, 0, -1]))  # the outlier (-1) is left out
+    assert torch.allclose(centroids, torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
+
+
+def test_label_free_eps_is_a_quantile_of_neighbour_distances_and_never_sees_labels():
+    import inspect
+
+    from reid_models.adapt import label_free_eps
+
+    assert list(inspect.signature(label_free_eps).parameters) == ["graph", "quantile"]
+    features, camids, pids = camera_biased_features()
+    graph = jaccard_graph(camera_centred(features, camids).numpy(), k1=20, k2=6)
+    eps = label_free_eps(graph, 0.5)
+    assert eps == np.quantile(graph.data[graph.data > 0], 0.5)
+    assert label_free_eps(graph, 0.2) < eps < label_free_eps(graph, 0.8)
+    # on separable identities the label-free radius clusters them about as well as the tuned eps
+    chosen = describe_clusters(pseudo_labels(features, camids, ClusterSettings(eps_quantile=0.5)), pids)
+    assert chosen["adjusted_rand_index"] > 0.8 and chosen["outlier_share"] < 0.2
+
+
+def test_per_epoch_reclustering_and_the_memory_head(tiny_domains, monkeypatch):
+    from reid_models import adapt
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import ClusterMemory, ReIDNet
+
+    memories = []
+
+    class RecordedMemory(ClusterMemory):  # remembers where it started and how often it was updated
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.start, self.updates = self.weight.clone(), 0
+            memories.append(self)
+
+        def update(self, labels):
+            super().update(labels)
+            self.updates += 1
+
+    monkeypatch.setattr(adapt, "ClusterMemory", RecordedMemory)
+    items = read_market1501(tiny_domains["target"]).train
+    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    recipe = FinetuneSettings(epochs=3, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    history = adapt.adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
+                                       epochs_per_round=1, device=torch.device("cpu"), progress=False,
+                                       memory=adapt.MemorySettings(temperature=0.05, momentum=0.2))
+    assert [r["round"] for r in history] == [1, 2, 3] and [r["epochs"] for r in history] == [1, 1, 1]
+    assert all(np.isfinite(r["loss"]) for r in history)
+    # a new memory each round, of that round's clusters, updated after every training step
+    assert len(memories) == 3 and model.classifier is memories[-1]
+    assert [m.out_features for m in memories] == [r["clusters"] for r in history]
+    assert [m.updates for m in memories] == [2, 2, 2]  # batches per epoch x 1 epoch per round
+    for memory in memories:
+        assert not torch.allclose(memory.weight, memory.start)
+        assert torch.allclose(memory.weight.norm(dim=1), torch.ones(memory.out_features), atol=1e-5)

@@ -116,3 +116,21 @@ def test_clustering_20000_images_stays_under_2_gb():
     added_mb, ari = map(float, result.stdout.split()[-2:])
     assert added_mb < 2048
     assert ari > 0.9  # and it still finds the identities
+
+
+def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_the_run(tmp_path):
+    from reid_models.config import load_settings
+    from reid_models.scenarios import Scenario, fingerprint
+
+    start = tmp_path / "model.pt"
+    start.write_bytes(b"weights")
+    scenario = Scenario("adapt_only", "none", 0.0, "unsupervised", 0)
+
+    def print_of(*overrides: str) -> str:
+        return fingerprint(scenario, load_settings(PARAMS, "quick", list(overrides)), start)
+
+    plain = print_of()
+    assert print_of("adapt.memory.temperature=0.1") == plain  # the classifier head never reads the memory's
+    assert print_of("adapt.head=memory") != plain
+    assert print_of("adapt.head=memory", "adapt.memory.temperature=0.1") != print_of("adapt.head=memory")
+    assert print_of("adapt.cluster.eps_quantile=0.3") != plain
