@@ -103,7 +103,9 @@ PLAN: list[Run] = [
 
 
 def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: list[Run],
-             reduction: float, finished_only: bool = False) -> list[dict]:
+             reduction: float, finished_only: bool = False, variants: dict[str, list[str]] = VARIANTS) -> list[dict]:
+    """Each run of `plan` for one seed, from the seed's source model; a variant's overrides come from
+    `variants` (bench.unsupervised passes its own)."""
     base = settings_for_seed(params, profile, overrides, seed)
     torch.set_num_threads(base.orchestration.torch_threads)
     for domain in ("source", "target"):
@@ -112,9 +114,9 @@ def run_plan(params: str, profile: str, overrides: list[str], seed: int, plan: l
     source = stages.pretrain(base, outputs / "pretrain")["checkpoint"]
     rows = []
     for run in plan:
-        settings = settings_for_seed(params, profile, [*overrides, *VARIANTS[run.variant]], seed)
-        unpruned = run.scenario in ("adapt_only", "adapt_short")
-        scenario = Scenario(run.scenario, "none" if run.scenario in REFERENCES else settings.prune.criterion,
+        settings = settings_for_seed(params, profile, [*overrides, *variants[run.variant]], seed)
+        unpruned = run.scenario in ("adapt_only", "adapt_short", "source_only")
+        scenario = Scenario(run.scenario, "none" if run.scenario in REFERENCES or unpruned else settings.prune.criterion,
                             0.0 if unpruned else reduction, run.adaptation, seed)
         # The default variant writes where bench.scenarios / reid-prune run do; the others apart.
         out_dir = outputs / "scenarios" / scenario.key if run.variant == "default" else \
