@@ -24,6 +24,8 @@ source model, under each allocation of `ALLOCATIONS` (each criterion's own globa
 shared l1 ranking, uniform), so with a shared allocation the criterion decides only which filters
 go. Rows have target test and validation rank-1/mAP and the batch-32 throughput ratio; each
 criterion is compared with PLFP per allocation and reduction, paired over seeds, on both splits.
+`--target --merge A.json B.json --json X.json` joins runs split over processes (e.g. by seed)
+into one, comparisons included, without training or timing anything again.
 """
 
 from __future__ import annotations
@@ -192,6 +194,15 @@ def run_on_target(profile: str, params: str, overrides: list[str], criteria: lis
                                  allocation, criterion, reduction, row["rank1"], row["val_rank1"],
                                  row["throughput_ratio"])
                     _write_json(json_path, rows)
+    records = target_comparisons(per_query, seeds, adaptation)
+    _write_json(json_path and comparisons_path(json_path), records)
+    return rows, records
+
+
+def target_comparisons(per_query: dict[tuple, dict], seeds: list[int], adaptation: str) -> list[dict]:
+    """Each criterion vs PLFP per allocation and reduction, paired over the seeds both have, rank-1
+    and mAP on the target test and validation splits. `per_query`: (seed, allocation, criterion,
+    reduction) -> {"test": ..., "val": ...} per-query results."""
     records = []
     keys = {(a, c, r) for (_, a, c, r) in per_query}
     for allocation, criterion, reduction in sorted(keys):
@@ -208,6 +219,23 @@ def run_on_target(profile: str, params: str, overrides: list[str], criteria: lis
                 records.append({"comparison": f"{criterion} vs {REFERENCE_CRITERION} ({allocation} allocation)",
                                 "split": split, "flops_reduction": reduction, "allocation": allocation,
                                 "adaptation": adaptation, **result.as_dict()})
+    return records
+
+
+def merge_target_runs(parts: list[Path], json_path: Path | None) -> tuple[list[dict], list[dict]]:
+    """The rows of `--target` runs written to several files (e.g. seeds split over two processes)
+    as one run: rows concatenated, comparisons computed from each row's saved per-query results.
+    Nothing is trained or timed again."""
+    rows = [row for part in parts for row in json.loads(part.read_text())]
+    per_query = {(r["seed"], r["allocation"], r["criterion"], r["flops_reduction"]): {
+        "test": load_per_query(Path(r["result_dir"]) / PER_QUERY_FILE),
+        "val": load_per_query(Path(r["result_dir"]) / VAL_PER_QUERY_FILE)} for r in rows}
+    if len(per_query) < len(rows):
+        raise SystemExit(f"--merge: {len(rows) - len(per_query)} rows of {', '.join(map(str, parts))} are "
+                         "duplicates (same seed, allocation, criterion and reduction); merge each run once")
+    adaptations = {r["adaptation"] for r in rows}
+    records = target_comparisons(per_query, sorted({r["seed"] for r in rows}), "/".join(sorted(adaptations)))
+    _write_json(json_path, rows)
     _write_json(json_path and comparisons_path(json_path), records)
     return rows, records
 
@@ -255,6 +283,8 @@ def main() -> None:
     parser.add_argument("--stage", default="prune_during", choices=["prune_before", "prune_during", "prune_after"])
     parser.add_argument("--adaptation", default="supervised", choices=["supervised", "unsupervised"])
     parser.add_argument("--allocations", default=",".join(ALLOCATIONS), help=f"of {', '.join(ALLOCATIONS)}")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="ROWS_JSON",
+                        help="with --target: merge these finished runs' row files into --json (no training)")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads(args.json.read_text())))
@@ -264,10 +294,13 @@ def main() -> None:
         allocations = args.allocations.split(",")
         if unknown := set(allocations) - set(ALLOCATIONS):
             parser.error(f"--allocations: unknown {sorted(unknown)}; choose from {', '.join(ALLOCATIONS)}")
-        rows, comparisons = run_on_target(args.profile, args.params, args.overrides, args.criteria.split(","),
-                                          [float(r) for r in args.reductions.split(",")],
-                                          [int(s) for s in args.seeds.split(",")], allocations, args.stage,
-                                          args.adaptation, args.json)
+        if args.merge:
+            rows, comparisons = merge_target_runs(args.merge, args.json)
+        else:
+            rows, comparisons = run_on_target(args.profile, args.params, args.overrides, args.criteria.split(","),
+                                              [float(r) for r in args.reductions.split(",")],
+                                              [int(s) for s in args.seeds.split(",")], allocations, args.stage,
+                                              args.adaptation, args.json)
         for r in rows:
             print(f"{r['allocation']:>9} {r['criterion']:>7} seed {r['seed']} -{r['flops_reduction']:g}: target rank-1 "
                   f"{100 * r['rank1']:.1f} (val {100 * r['val_rank1']:.1f}), GFLOPs {r['flops'] / 1e9:.3f}, "
