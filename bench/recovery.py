@@ -155,7 +155,6 @@ def _per_query(row: dict, split: str) -> dict | None:
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Paired over the seeds both ran: each pruned row vs adapt_only / adapt_short / small_dense of
     its adaptation and budget, and each ablation vs the run it ablates; rank-1 and mAP, test and val."""
-    by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     pairs = []
     for mode in sorted({r["adaptation"] for r in rows}):
         pruned = {(r["label"], r["name"], r["budget"], r["versus"]) for r in rows
@@ -168,6 +167,13 @@ def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
                 pairs.append((mode, label, versus, "ablation"))
             if name != "prune_during":  # another stage's best recipe against the best stage's default
                 pairs.append((mode, label, "prune_during" + suffix, "vs_prune_during"))
+    return compare_pairs(rows, pairs, n_boot)
+
+
+def compare_pairs(rows: list[dict], pairs: list[tuple[str, str, str, str]], n_boot: int = 2000) -> list[dict]:
+    """Each (adaptation, label A, label B, kind) of `pairs`, A - B paired over the seeds both ran;
+    rank-1 and mAP on the target test and validation splits (pairs missing per-query files skipped)."""
+    by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     records = []
     for mode, a, b, kind in pairs:
         seeds = sorted(s for (label, m, s) in by if label == a and m == mode and (b, mode, s) in by)
@@ -181,6 +187,23 @@ def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
                 records.append({"comparison": f"{a} vs {b}", "kind": kind, "adaptation": mode, "split": split,
                                 **result.as_dict()})
     return records
+
+
+def run_seeds(args, plan: list[Run], variants: dict[str, list[str]] = VARIANTS) -> list[dict]:
+    """`plan` for each of `args.seeds` (every variant's settings checked first, before any training);
+    the rows so far written to `args.json` after each seed."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:  # fail fast on bad settings, before any training
+        for variant in {run.variant for run in plan}:
+            settings_for_seed(args.params, args.profile, [*args.overrides, *variants[variant]], seed)
+    rows: list[dict] = []
+    for seed in seeds:
+        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction, args.finished_only,
+                         variants)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 def main() -> None:
@@ -199,16 +222,7 @@ def main() -> None:
         parser.error(f"--only: unknown labels {sorted(unknown)}; choose from {sorted({r.label for r in PLAN})}")
     plan = [run for run in PLAN if (not wanted or run.label in wanted)
             and (args.adaptation is None or run.adaptation == args.adaptation)]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for seed in seeds:  # fail fast on bad settings, before any training
-        for variant in {run.variant for run in plan}:
-            settings_for_seed(args.params, args.profile, [*args.overrides, *VARIANTS[variant]], seed)
-    rows: list[dict] = []
-    for seed in seeds:
-        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction, args.finished_only)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = run_seeds(args, plan)
     records = comparisons(rows)
     if args.json:
         comparisons_path(args.json).write_text(json.dumps(records, indent=2) + "\n")

@@ -25,11 +25,10 @@ import logging
 import statistics
 from pathlib import Path
 
-from bench.recovery import Run, run_plan
-from bench.scenarios import comparisons_path, settings_for_seed
+from bench.recovery import Run, compare_pairs, run_seeds
+from bench.scenarios import comparisons_path
 from bench.settings_cli import settings_parser
-from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference
-from reid_models.scenarios import VAL_PER_QUERY_FILE
+from reid_models.stats import format_comparison
 
 # -S overrides on top of params.yaml, explicit about what they change, so a later change of
 # default does not change what a variant means.
@@ -59,30 +58,10 @@ PLAN: list[Run] = [
 GAP_ENDS = ("source_only", "adapt_only_supervised")
 
 
-def _per_query(row: dict, split: str) -> dict | None:
-    path = Path(row["result_dir"]) / (PER_QUERY_FILE if split == "test" else VAL_PER_QUERY_FILE)
-    return load_per_query(path) if path.is_file() else None
-
-
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Each run with a `versus` against that run, paired over the seeds both have; rank-1 and mAP, test and val."""
-    by = {(r["label"], r["seed"]): r for r in rows}
-    records = []
-    for run in PLAN:
-        if not run.versus:
-            continue
-        seeds = sorted(s for (label, s) in by if label == run.label and (run.versus, s) in by)
-        for split in ("test", "val"):
-            first = [_per_query(by[(run.label, s)], split) for s in seeds]
-            second = [_per_query(by[(run.versus, s)], split) for s in seeds]
-            if not seeds or any(x is None for x in first + second):
-                continue
-            for metric in ("rank1", "mAP"):
-                result = paired_difference(first, second, metric, a=run.label, b=run.versus, seeds=seeds,
-                                           n_boot=n_boot)
-                records.append({"comparison": f"{run.label} vs {run.versus}", "adaptation": "unsupervised",
-                                "split": split, **result.as_dict()})
-    return records
+    return compare_pairs(rows, [("unsupervised", run.label, run.versus, "ablation") for run in PLAN if run.versus],
+                         n_boot)
 
 
 def gap_closed(rows: list[dict]) -> dict[str, dict]:
@@ -119,17 +98,7 @@ def main() -> None:
     if unknown := wanted - {run.label for run in PLAN}:
         parser.error(f"--only: unknown labels {sorted(unknown)}; choose from {[r.label for r in PLAN]}")
     plan = [run for run in PLAN if not wanted or run.label in wanted]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for seed in seeds:  # fail fast on bad settings, before any training
-        for variant in {run.variant for run in plan}:
-            settings_for_seed(args.params, args.profile, [*args.overrides, *VARIANTS[variant]], seed)
-    rows: list[dict] = []
-    for seed in seeds:
-        rows += run_plan(args.params, args.profile, args.overrides, seed, plan, args.reduction, args.finished_only,
-                         variants=VARIANTS)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    rows = run_seeds(args, plan, VARIANTS)
     records = comparisons(rows)
     shares = gap_closed(rows)
     if args.json:

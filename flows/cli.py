@@ -286,12 +286,13 @@ def _print_estimate(settings, speed: dict) -> None:
     from reid_models.estimate import Speed, describe, plan_run
 
     if importlib.util.find_spec("prefect") is None:  # `make run`'s set-up is half done
-        finished, note = set(), " (before the set-up's second half, about 2 min; counting nothing on disk as finished)"
+        plan = plan_run(settings, Speed(**speed))
+        note = " (before the set-up's second half, about 2 min; counting nothing on disk as finished)"
     else:
-        from flows.progress import finished_pieces  # imports Prefect: after the temporary server is up
+        from flows.progress import plan_for  # imports Prefect: after the temporary server is up
 
-        finished, note = finished_pieces(settings), ""
-    console.print(describe(plan_run(settings, Speed(**speed), finished)) + note, style="bold")
+        plan, note = plan_for(settings, speed), ""
+    console.print(describe(plan) + note, style="bold")
 
 
 def _checked_settings(profile: str | None, overrides: list[str] | None, params: str):
