@@ -187,6 +187,15 @@ class PruneSettings(Section):
     prune_embedding: bool = False
     scope: Literal["all", "internal"] = "all"  # internal: never prune channels shared by a residual add
     round_channels: int = Field(1, ge=1, le=64, description="kept channels rounded to a multiple (8 helps CPUs)")
+    # What the reduction is a share of: FLOPs, or latency predicted from a table of conv timings
+    # measured on this machine (pruning/latency.py) in this runtime, thread count and batch size.
+    budget: Literal["flops", "latency"] = "flops"
+    latency_runtime: Literal["torch"] = "torch"
+    latency_threads: int = Field(2, ge=1, le=256)
+    latency_batch: int = Field(1, ge=1, le=256)
+    latency_cache: str = "outputs/latency"
+    latency_corrections: int = Field(2, ge=0, le=5, description="times the pruned network is timed and the "
+                                     "table's aim corrected by the measured error")
     taylor_batches: int = Field(4, ge=1)
     data: Literal["source", "target"] = "source"
     finetune: FinetuneSettings = FinetuneSettings()

@@ -157,6 +157,10 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
                 "torch_threads": torch.get_num_threads()}  # sums in another order: other float results
     if scenario.name in PRUNING_SCENARIOS:  # the others never read prune settings: a new one keeps their results
         relevant["prune"] = settings.prune.model_dump(mode="json")
+        if relevant["prune"]["budget"] == "flops":
+            for key in ("budget", "latency_runtime", "latency_threads", "latency_batch", "latency_cache",
+                        "latency_corrections"):
+                del relevant["prune"][key]
     if scenario.name in RECIPE_REVISION:
         relevant["revision"] = RECIPE_REVISION[scenario.name]
     digest.update(json.dumps(relevant, sort_keys=True).encode())

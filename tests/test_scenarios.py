@@ -134,3 +134,20 @@ def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_th
     assert print_of("adapt.head=memory") != plain
     assert print_of("adapt.head=memory", "adapt.memory.temperature=0.1") != print_of("adapt.head=memory")
     assert print_of("adapt.cluster.eps_quantile=0.3") != plain
+
+
+def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_latency(tmp_path):
+    from reid_models.config import load_settings
+    from reid_models.scenarios import Scenario, fingerprint
+
+    start = tmp_path / "model.pt"
+    start.write_bytes(b"weights")
+    scenario = Scenario("prune_during", "plfp", 0.5, "supervised", 0)
+
+    def print_of(*overrides: str) -> str:
+        return fingerprint(scenario, load_settings(PARAMS, "quick", list(overrides)), start)
+
+    plain = print_of()
+    assert print_of("prune.latency_threads=4") == plain  # a FLOPs budget never reads the table
+    assert print_of("prune.budget=latency") != plain
+    assert print_of("prune.budget=latency", "prune.latency_threads=4") != print_of("prune.budget=latency")

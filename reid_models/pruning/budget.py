@@ -1,10 +1,13 @@
-"""From a FLOPs budget to how many channels each group loses.
+"""From a FLOPs (or latency) budget to how many channels each group loses.
 
 `global` (PLFP's way): every channel's criterion score is normalised by its group's mean score
 and all channels are ranked together; the N least important go, with no group losing more than
 `layer_cap` of its channels. `uniform`: every group loses the same share. Either way N (or the
 share) is found by bisection on the *measured* FLOPs of the pruned network, so the result lands
-on the target rather than on a proxy of it.
+on the target rather than on a proxy of it. With a latency table (`latency.py`) the bisection
+runs on the table's predicted latency instead: the criterion still decides the order, the
+machine decides how far down it to go. The table is a model of the machine, so the result is
+then timed against the unpruned network and the aim corrected by the error (`corrections` times).
 """
 
 from __future__ import annotations
@@ -18,19 +21,26 @@ from reid_models.complexity import count_flops
 from reid_models.models import ReIDNet
 from reid_models.pruning.criteria import Criterion
 from reid_models.pruning.graph import ChannelGraph, FilterGroup
+from reid_models.pruning.latency import LatencyTable, measured_reduction
 
 Counts = dict[str, int]
 
 
-def flops_after_removal(model: ReIDNet, counts: Counts, height: int, width: int, prune_embedding: bool) -> int:
-    """FLOPs of a copy of `model` with `counts[group]` channels removed from each group.
+def network_after_removal(model: ReIDNet, counts: Counts, height: int, width: int, prune_embedding: bool
+                          ) -> ReIDNet:
+    """A copy of `model` with `counts[group]` channels removed from each group.
 
-    Which channels does not matter for FLOPs, only how many, so the first ones are taken.
+    Which channels does not matter for FLOPs or latency, only how many, so the first ones go.
     """
     trial = copy.deepcopy(model).cpu()
     graph = ChannelGraph(trial, height, width, prune_embedding)
     graph.remove_channels({name: list(range(n)) for name, n in counts.items() if n > 0})
-    return count_flops(trial, height, width)
+    return trial
+
+
+def flops_after_removal(model: ReIDNet, counts: Counts, height: int, width: int, prune_embedding: bool) -> int:
+    """FLOPs of `model` with `counts[group]` channels removed from each group."""
+    return count_flops(network_after_removal(model, counts, height, width, prune_embedding), height, width)
 
 
 def _max_removable(group: FilterGroup, layer_cap: float, multiple: int) -> int:
@@ -58,12 +68,12 @@ def global_ranking(groups: list[FilterGroup], criterion: Criterion, layer_cap: f
     return [name for _, name in entries]
 
 
-def _bisect(flops_for: Callable[[int], int], high: int, base_flops: int, target_reduction: float) -> int:
-    """Smallest step in [0, high] whose FLOPs reduction reaches the target (FLOPs fall with it)."""
+def _bisect(cost_at: Callable[[int], float], high: int, base_cost: float, target_reduction: float) -> int:
+    """Smallest step in [0, high] whose cost reduction reaches the target (the cost falls with it)."""
     low = 0
     while low < high:
         middle = (low + high) // 2
-        if 1 - flops_for(middle) / base_flops >= target_reduction:
+        if 1 - cost_at(middle) / base_cost >= target_reduction:
             high = middle
         else:
             low = middle + 1
@@ -72,9 +82,18 @@ def _bisect(flops_for: Callable[[int], int], high: int, base_flops: int, target_
 
 def allocate(model: ReIDNet, groups: list[FilterGroup], criterion: Criterion, target_reduction: float,
              height: int, width: int, allocation: str = "global", layer_cap: float = 0.95,
-             prune_embedding: bool = False, multiple: int = 1) -> Counts:
-    """Channels to remove per group so that FLOPs fall by `target_reduction`."""
-    base_flops = count_flops(model, height, width)
+             prune_embedding: bool = False, multiple: int = 1, latency: LatencyTable | None = None,
+             corrections: int = 0) -> Counts:
+    """Channels to remove per group so that FLOPs fall by `target_reduction` (with `latency`:
+    so that the measured batch latency does, aiming with the table and correcting the aim by the
+    measured error up to `corrections` times)."""
+    if latency is None:
+        def cost(network: ReIDNet) -> float:
+            return count_flops(network, height, width)
+    else:
+        cost = latency.network_seconds
+    measure = "FLOPs" if latency is None else "predicted latency"
+    base_cost = cost(model)
     by_name = {group.name: group for group in groups}
 
     if allocation == "uniform":
@@ -96,18 +115,30 @@ def allocate(model: ReIDNet, groups: list[FilterGroup], criterion: Criterion, ta
     else:
         raise ValueError(f"prune.allocation must be global or uniform, got {allocation!r}")
 
-    cache: dict[int, int] = {}
+    cache: dict[int, float] = {}
 
-    def flops_for(step: int) -> int:
+    def cost_at(step: int) -> float:
         if step not in cache:
-            cache[step] = flops_after_removal(model, counts_at(step), height, width, prune_embedding)
+            cache[step] = cost(network_after_removal(model, counts_at(step), height, width, prune_embedding))
         return cache[step]
 
-    best = _bisect(flops_for, steps, base_flops, target_reduction)
-    if best > 0:  # one step less may land closer to the target (coarse groups jump)
-        best = min((best - 1, best), key=lambda step: abs(1 - flops_for(step) / base_flops - target_reduction))
-    reached = 1 - flops_for(best) / base_flops
-    if reached < target_reduction - 0.02:
-        raise ValueError(f"a FLOPs reduction of {target_reduction:.2f} is out of reach with layer_cap "
-                         f"{layer_cap} (at most {reached:.3f}); lower prune.flops_reduction or raise the cap")
+    def step_for(aim: float) -> int:
+        best = _bisect(cost_at, steps, base_cost, aim)
+        if best > 0:  # one step less may land closer to the target (coarse groups jump)
+            best = min((best - 1, best), key=lambda step: abs(1 - cost_at(step) / base_cost - aim))
+        reached = 1 - cost_at(best) / base_cost
+        if reached < aim - 0.02:
+            raise ValueError(f"a {measure} reduction of {aim:.2f} is out of reach with layer_cap {layer_cap} "
+                             f"(at most {reached:.3f}); lower prune.flops_reduction or raise the cap")
+        return best
+
+    aim = target_reduction
+    best = step_for(aim)
+    for _ in range(corrections if latency is not None else 0):
+        pruned = network_after_removal(model, counts_at(best), height, width, prune_embedding)
+        measured = measured_reduction(model, pruned, height, width, latency.threads, latency.batch)
+        if abs(measured - target_reduction) <= 0.01:
+            break
+        aim = min(0.95, aim + target_reduction - measured)  # the table's error here, taken off the aim
+        best = step_for(aim)
     return counts_at(best)

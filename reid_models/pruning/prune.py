@@ -28,6 +28,7 @@ from reid_models.config import PruneSettings
 from reid_models.data.loading import IdentityBatchSampler, ImageSet
 from reid_models.models import ReIDNet
 from reid_models.pruning.budget import allocate
+from reid_models.pruning.latency import load_or_measure
 from reid_models.pruning.criteria import Criterion, build_criterion
 from reid_models.pruning.graph import ChannelGraph
 from reid_models.pruning.recovery import Teacher, ramp_share, recalibrate_batchnorm, removal_epochs, training_gflops
@@ -82,7 +83,7 @@ def gradient_batches(train_set: ImageSet, settings: PruneSettings, seed: int, de
 
 
 class ChannelSelector:
-    """Chooses the channels to remove under a FLOPs budget with a given criterion."""
+    """Chooses the channels to remove under a FLOPs or latency budget with a given criterion."""
 
     def __init__(self, model: ReIDNet, criterion: Criterion, settings: PruneSettings, height: int, width: int,
                  batches: Callable[[], Iterable] | None = None) -> None:
@@ -94,6 +95,9 @@ class ChannelSelector:
         # How many channels each group loses: the criterion's own scores, or a shared criterion's.
         self.allocator = criterion if settings.allocation_criterion is None else \
             build_criterion(settings.allocation_criterion, settings.plfp_k)
+        self.latency = None if settings.budget == "flops" else load_or_measure(
+            settings.latency_cache, model, height, width, settings.latency_threads, settings.latency_batch,
+            settings.latency_runtime)
 
     def _accumulate_gradients(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -112,7 +116,8 @@ class ChannelSelector:
         reduction = self.settings.flops_reduction if flops_reduction is None else flops_reduction
         counts = allocate(self.model, groups, self.allocator, reduction, self.height,
                           self.width, self.settings.allocation, self.settings.layer_cap,
-                          self.settings.prune_embedding, self.settings.round_channels)
+                          self.settings.prune_embedding, self.settings.round_channels, self.latency,
+                          self.settings.latency_corrections)
         if self.criterion.needs_gradients:
             self.model.zero_grad(set_to_none=True)
         return {group.name: self.criterion.select(group, counts[group.name]) for group in groups}

@@ -1,0 +1,105 @@
+"""Latency budgets: the table of conv timings, its cache, and allocation against it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reid_models.complexity import count_flops
+from reid_models.config import PruneSettings
+from reid_models.models import ReIDNet
+from reid_models.pruning import latency
+from reid_models.pruning.budget import allocate, network_after_removal
+from reid_models.pruning.criteria import build_criterion
+from reid_models.pruning.graph import ChannelGraph
+from reid_models.pruning.prune import prune_model
+
+H, W = 64, 32
+
+
+@pytest.fixture(scope="module")
+def resnet_and_table():
+    torch.manual_seed(0)
+    model = ReIDNet("resnet18", num_classes=7).eval()
+    return model, latency.measure_table(model, H, W, threads=1, repeats=3)
+
+
+def test_table_covers_every_conv_and_never_gets_cheaper_with_more_channels(resnet_and_table):
+    model, table = resnet_and_table
+    convs = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sorted(table.layers) == sorted(convs)
+    assert len(table.grids) < len(convs)  # repeated conv shapes are timed once
+    for grid in table.grids.values():
+        seconds = np.array(grid["seconds"])
+        assert (seconds > 0).all()
+        assert (np.diff(seconds, axis=0) >= 0).all() and (np.diff(seconds, axis=1) >= 0).all()
+
+
+def test_latency_budget_lands_on_the_predicted_target(resnet_and_table):
+    model, table = resnet_and_table
+    groups = ChannelGraph(model, H, W).filter_groups()
+    counts = allocate(model, groups, build_criterion("l1", 3), 0.4, H, W, latency=table)
+    pruned = network_after_removal(model, counts, H, W, prune_embedding=False)
+    predicted = 1 - table.network_seconds(pruned) / table.network_seconds(model)
+    assert abs(predicted - 0.4) < 0.02
+    assert count_flops(pruned, H, W) < count_flops(model, H, W)
+
+
+def test_cache_is_keyed_on_machine_threads_and_network(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = ReIDNet("resnet18", num_classes=7).eval()
+    first = latency.load_or_measure(tmp_path, model, H, W, threads=1)
+    [cached] = tmp_path.glob("latency-*.json")
+    assert json.loads(cached.read_text())["threads"] == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached table should have been reused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(latency, "measure_table", fail)
+        assert latency.load_or_measure(tmp_path, model, H, W, threads=1).grids == first.grids
+
+    path = latency.cache_path(tmp_path, model, H, W, 1, 1, "torch")
+    assert latency.cache_path(tmp_path, model, H, W, 2, 1, "torch") != path
+    assert latency.cache_path(tmp_path, model, H, W, 1, 32, "torch") != path
+    assert latency.cache_path(tmp_path, model, H * 2, W * 2, 1, 1, "torch") != path
+    graph = ChannelGraph(model, H, W)
+    graph.remove_channels({graph.filter_groups()[0].name: [0, 1]})
+    assert latency.cache_path(tmp_path, model, H, W, 1, 1, "torch") != path
+    monkeypatch.setattr(latency, "machine_id", lambda: "another host / another CPU")
+    assert latency.cache_path(tmp_path, ReIDNet("resnet18", num_classes=7), H, W, 1, 1, "torch") != path
+
+
+def test_grouped_convs_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="groups=.*prune.budget: flops"):
+        latency.conv_shapes(ReIDNet("mobilenetv2_x1_0", num_classes=7), H, W)
+
+
+def test_prune_with_a_latency_budget_writes_the_table_and_shrinks_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = ReIDNet("resnet18", num_classes=7).eval()
+    settings = PruneSettings(criterion="l1", flops_reduction=0.3, mode="oneshot", budget="latency",
+                             latency_threads=1, latency_cache=str(tmp_path / "tables"), latency_corrections=1)
+    report = prune_model(model, build_criterion("l1", 3), settings, None, torch.device("cpu"), H, W, progress=False)
+    assert len(list((tmp_path / "tables").glob("latency-*.json"))) == 1
+    assert report.flops_after < report.flops_before
+
+
+def test_the_aim_is_corrected_by_the_measured_error(resnet_and_table, monkeypatch):
+    """On a machine where the table promises 10 points more than the timing finds, the corrected
+    allocation aims 10 points further, so the *measured* reduction lands on the target."""
+    from reid_models.pruning import budget
+
+    model, table = resnet_and_table
+
+    def timed(model, pruned, *args, **kwargs):
+        return 1 - table.network_seconds(pruned) / table.network_seconds(model) - 0.10
+
+    monkeypatch.setattr(budget, "measured_reduction", timed)
+    groups = ChannelGraph(model, H, W).filter_groups()
+    counts = allocate(model, groups, build_criterion("l1", 3), 0.4, H, W, latency=table, corrections=2)
+    pruned = network_after_removal(model, counts, H, W, prune_embedding=False)
+    assert abs(timed(model, pruned) - 0.4) < 0.02
+    uncorrected = allocate(model, groups, build_criterion("l1", 3), 0.4, H, W, latency=table, corrections=0)
+    assert abs(timed(model, network_after_removal(model, uncorrected, H, W, False)) - 0.3) < 0.02
