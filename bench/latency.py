@@ -4,10 +4,11 @@
 
 Measures the latency table (`reid_models/pruning/latency.py`) afresh and times it, then prunes the
 network one-shot (speed depends on shapes only; the criterion's scores, so a trained checkpoint,
-decide which layers shrink) at each target, once with a FLOPs budget and once with a latency
-budget of the same share. Every variant is timed as `complexity.measure` times models (BatchNorm
-folded, channels_last) and alternately with the unpruned one (`bench.inference`), at batch 1 (the
-table's batch) and 32. Per row: FLOPs reduction, the table's predicted latency reduction, the
+decide which layers shrink) at each target, with a FLOPs budget and with a latency budget of the
+same share (the table's aim alone, and corrected by timing). Every variant is timed in the
+table's runtime (`--runtime`: PyTorch with BatchNorm folded and channels_last, as
+`complexity.measure` times models, or the exported file under ONNX Runtime, fp32 or int8),
+alternately with the unpruned one, at batch 1 (the table's batch) and 32. Per row: FLOPs reduction, the table's predicted latency reduction, the
 measured one, and whether it is within 5 points of the target (issue 15's goal).
 """
 
@@ -23,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.inference import Variant, alternate_timing
-from reid_models.complexity import count_flops, fold_batchnorm
+from reid_models.complexity import count_flops
 from reid_models.config import PruneSettings
 from reid_models.models import ReIDNet
 from reid_models.pruning import latency
@@ -57,13 +57,14 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runtime", default="torch", choices=latency.RUNTIMES, help="the table's and the timing's")
     parser.add_argument("--round-channels", type=int, default=1, help="prune.round_channels of every variant")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds at batch 1 (a third at batch 32)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"--checkpoint: {args.checkpoint} not found (a model.pt, e.g. the source model of "
-                     "`make run`: outputs/pretrain/source/model.pt)")
+                     "`make run`: outputs/pretrain/model.pt)")
     targets = [float(t) for t in args.targets.split(",")]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -71,10 +72,10 @@ def main() -> None:
 
     model = base_model(args)
     began = time.perf_counter()
-    table = latency.measure_table(model, height, width, args.threads)
+    table = latency.measure_table(model, height, width, args.threads, runtime=args.runtime)
     table_seconds = time.perf_counter() - began
-    print(f"latency table: {len(table.grids)} conv shapes, {table_seconds:.1f} s ({args.threads} threads, batch 1); "
-          f"convs x{table.conv_factor:.2f}, overhead {1000 * table.overhead_seconds:.2f} of "
+    print(f"latency table ({args.runtime}): {len(table.grids)} conv shapes, {table_seconds:.1f} s "
+          f"({args.threads} threads, batch 1); convs x{table.conv_factor:.2f}, overhead {1000 * table.overhead_seconds:.2f} of "
           f"{1000 * table.network_seconds(model):.2f} ms")
 
     with tempfile.TemporaryDirectory() as cache:
@@ -85,16 +86,18 @@ def main() -> None:
                 trial = copy.deepcopy(model)
                 settings = PruneSettings(criterion=args.criterion, mode="oneshot", flops_reduction=target,
                                          latency_threads=args.threads, latency_cache=cache,
+                                         latency_runtime=args.runtime,
                                          round_channels=args.round_channels, **options)
                 prune_model(trial, build_criterion(args.criterion), settings, None, torch.device("cpu"),
                             height, width, progress=False)
                 pruned[(budget, target)] = trial.eval()
 
-    variants = {"unpruned": Variant(fold_batchnorm(model, height, width), channels_last=True)}
-    variants |= {f"{budget}-{target:g}": Variant(fold_batchnorm(net, height, width), channels_last=True)
-                 for (budget, target), net in pruned.items()}
-    batch1 = alternate_timing(variants, 1, height, width, args.rounds)
-    batch32 = alternate_timing(variants, 32, height, width, max(5, args.rounds // 3))
+    networks = [model, *pruned.values()]
+    names = ["unpruned", *(f"{budget}-{target:g}" for budget, target in pruned)]
+    batch1 = dict(zip(names, latency.time_networks(networks, height, width, args.threads, 1, args.runtime,
+                                                   args.rounds)))
+    batch32 = dict(zip(names, latency.time_networks(networks, height, width, args.threads, 32, args.runtime,
+                                                    max(5, args.rounds // 3))))
 
     base_flops, base_predicted = count_flops(model, height, width), table.network_seconds(model)
     rows = []
@@ -104,7 +107,7 @@ def main() -> None:
         rows.append({
             "budget": budget, "target": target, "criterion": args.criterion,
             "checkpoint": str(args.checkpoint) if args.checkpoint else None, "threads": args.threads,
-            "round_channels": args.round_channels,
+            "round_channels": args.round_channels, "runtime": args.runtime,
             "flops_reduction": 1 - count_flops(net, height, width) / base_flops,
             "predicted_latency_reduction": 1 - table.network_seconds(net) / base_predicted,
             "latency_ms": 1000 * batch1[name], "unpruned_latency_ms": 1000 * batch1["unpruned"],

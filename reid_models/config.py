@@ -190,7 +190,7 @@ class PruneSettings(Section):
     # What the reduction is a share of: FLOPs, or latency predicted from a table of conv timings
     # measured on this machine (pruning/latency.py) in this runtime, thread count and batch size.
     budget: Literal["flops", "latency"] = "flops"
-    latency_runtime: Literal["torch"] = "torch"
+    latency_runtime: Literal["torch", "onnxruntime", "onnxruntime_int8"] = "torch"
     latency_threads: int = Field(2, ge=1, le=256)
     latency_batch: int = Field(1, ge=1, le=256)
     latency_cache: str = "outputs/latency"

@@ -24,7 +24,9 @@ import json
 import logging
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,12 +35,12 @@ import torch
 from torch import nn
 
 from reid_models.checkpoint import save_json
-from reid_models.complexity import fold_batchnorm, time_forward
+from reid_models.complexity import fold_batchnorm
 from reid_models.pruning.graph import ChannelGraph
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch",)
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime_int8")
 GRID_STEPS = 8  # kept-channel grid per dimension: 1/8, 2/8, ... 8/8 of the conv's full width
 
 
@@ -102,21 +104,91 @@ def _grid(channels: int) -> list[int]:
     return sorted({max(1, round(channels * step / GRID_STEPS)) for step in range(1, GRID_STEPS + 1)})
 
 
-@torch.no_grad()
-def _time_conv(shape: ConvShape, kept_in: int, kept_out: int, batch: int, repeats: int) -> float:
-    """Median seconds of one conv (+ ReLU) at the given widths, channels_last as
+# --- running one conv, or a whole network, in the runtime the table is for ------------------
+
+def _conv_onnx(shape: ConvShape, kept_in: int, kept_out: int, batch: int, path: Path) -> Path:
+    """A one-conv (+ ReLU) ONNX graph, built directly: exporting through torch would take seconds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reid_models.export import INPUT, OPSET, OUTPUT
+
+    rng = np.random.default_rng(0)
+    weight = (0.1 * rng.standard_normal((kept_out, kept_in, *shape.kernel))).astype(np.float32)
+    conv = helper.make_node("Conv", [INPUT, "weight", "bias"], ["conv"], kernel_shape=list(shape.kernel),
+                            strides=list(shape.stride), pads=[*shape.padding, *shape.padding])
+    graph = helper.make_graph(
+        [conv, helper.make_node("Relu", ["conv"], [OUTPUT])], "conv",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", kept_in, *shape.input_size])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(weight, "weight"),
+                     numpy_helper.from_array(np.zeros(kept_out, np.float32), "bias")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+    return path
+
+
+def _onnx_runner(fp32: Path, runtime: str, threads: int, inputs: torch.Tensor) -> Callable[[], object]:
+    from reid_models.export import INPUT, quantize_int8, session
+
+    if runtime == "onnxruntime_int8":  # calibrated on random input: speed does not depend on the scales
+        fp32 = quantize_int8(fp32, fp32.with_suffix(".int8.onnx"), torch.randn(8, *inputs.shape[1:]))
+    runtime_session, feed = session(fp32, threads), {INPUT: inputs.numpy()}
+    return lambda: runtime_session.run(None, feed)
+
+
+def _conv_runner(shape: ConvShape, kept_in: int, kept_out: int, batch: int, runtime: str, threads: int,
+                 scratch: Path) -> Callable[[], object]:
+    """One forward of a conv (+ ReLU) at the given widths; in PyTorch channels_last, as
     `complexity.measure` times whole networks."""
+    images = torch.randn(batch, kept_in, *shape.input_size)
+    if runtime != "torch":
+        path = _conv_onnx(shape, kept_in, kept_out, batch, scratch / f"conv-{kept_in}-{kept_out}.onnx")
+        return _onnx_runner(path, runtime, threads, images)
     layer = nn.Sequential(nn.Conv2d(kept_in, kept_out, shape.kernel, shape.stride, shape.padding, bias=True),
                           nn.ReLU(inplace=True)).eval().to(memory_format=torch.channels_last)
-    images = torch.randn(batch, kept_in, *shape.input_size).contiguous(memory_format=torch.channels_last)
-    for _ in range(3):
-        layer(images)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        layer(images)
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    images = images.contiguous(memory_format=torch.channels_last)
+    return lambda: layer(images)
+
+
+def _network_runner(network: nn.Module, height: int, width: int, batch: int, runtime: str, threads: int,
+                    scratch: Path) -> Callable[[], object]:
+    """One forward of a whole network, BatchNorm folded (or exported, which folds it)."""
+    images = torch.randn(batch, 3, height, width)
+    if runtime != "torch":
+        from reid_models.export import export_onnx
+
+        path = export_onnx(network, scratch / f"network-{id(network)}.onnx", height, width, {})
+        return _onnx_runner(path, runtime, threads, images)
+    folded = fold_batchnorm(network.cpu(), height, width).to(memory_format=torch.channels_last).eval()
+    images = images.contiguous(memory_format=torch.channels_last)
+    return lambda: folded(images)
+
+
+def _alternate(runners: list[Callable[[], object]], rounds: int, warmup: int = 3) -> list[float]:
+    """Median seconds of each runner, timed in turn every round (so a change of machine speed
+    reaches all of them alike)."""
+    times: list[list[float]] = [[] for _ in runners]
+    with torch.no_grad():
+        for round_ in range(warmup + rounds):
+            for run, seconds in zip(runners, times):
+                began = time.perf_counter()
+                run()
+                if round_ >= warmup:
+                    seconds.append(time.perf_counter() - began)
+    return [statistics.median(seconds) for seconds in times]
+
+
+class _Threads:
+    """torch's thread count set for a block (ONNX Runtime's is per session)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads, self.previous = threads, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
 
 
 @dataclass
@@ -162,44 +234,36 @@ class LatencyTable:
         self.overhead_seconds = max(0.0, wide_seconds - self.conv_factor * wide)
 
 
-@torch.no_grad()
+def time_networks(networks: list[nn.Module], height: int, width: int, threads: int, batch: int = 1,
+                  runtime: str = "torch", rounds: int = 30) -> list[float]:
+    """Median seconds per forward of each network in `runtime`, timed alternately."""
+    with tempfile.TemporaryDirectory() as scratch, _Threads(threads):
+        return _alternate([_network_runner(network, height, width, batch, runtime, threads, Path(scratch))
+                           for network in networks], rounds)
+
+
 def measured_reduction(model: nn.Module, pruned: nn.Module, height: int, width: int, threads: int, batch: int = 1,
-                       rounds: int = 30) -> float:
-    """1 - latency(pruned) / latency(model), both BatchNorm-folded and channels_last, timed in turn
-    every round (so a change of machine speed reaches both alike); medians over rounds."""
-    networks = [fold_batchnorm(network.cpu(), height, width).to(memory_format=torch.channels_last).eval()
-                for network in (model, pruned)]
-    images = torch.randn(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
-    times: list[list[float]] = [[], []]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for round_ in range(3 + rounds):
-            for network, seconds in zip(networks, times):
-                began = time.perf_counter()
-                network(images)
-                if round_ >= 3:
-                    seconds.append(time.perf_counter() - began)
-    finally:
-        torch.set_num_threads(previous)
-    return 1 - statistics.median(times[1]) / statistics.median(times[0])
+                       runtime: str = "torch", rounds: int = 30) -> float:
+    """1 - latency(pruned) / latency(model) in `runtime`, the two timed alternately."""
+    whole, smaller = time_networks([model, pruned], height, width, threads, batch, runtime, rounds)
+    return 1 - smaller / whole
 
 
 def measure_table(model: nn.Module, height: int, width: int, threads: int, batch: int = 1,
                   runtime: str = "torch", repeats: int = 7) -> LatencyTable:
-    """Time every distinct conv of `model` on the channel grid (a few seconds to a minute)."""
+    """Time every distinct conv of `model` on the channel grid (seconds in PyTorch, about a
+    minute in ONNX Runtime int8, where every grid point is quantised)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"prune.latency_runtime must be one of {RUNTIMES}, got {runtime!r}")
     shapes = conv_shapes(model, height, width)
     table = LatencyTable(machine_id(), runtime, threads, batch, height, width,
                          layers={name: shape.key for name, shape in shapes.items()})
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     began = time.perf_counter()
-    try:
+    with tempfile.TemporaryDirectory() as scratch, _Threads(threads):
         for shape in {shape.key: shape for shape in shapes.values()}.values():
             ins, outs = _grid(shape.in_channels), _grid(shape.out_channels)
-            seconds = np.array([[_time_conv(shape, i, o, batch, repeats) for o in outs] for i in ins])
+            seconds = np.array([[_alternate([_conv_runner(shape, i, o, batch, runtime, threads, Path(scratch))],
+                                            repeats)[0] for o in outs] for i in ins])
             # More channels never cost less time: a running maximum along both axes removes the
             # timing noise that would make the predicted latency rise as channels go.
             seconds = np.maximum.accumulate(np.maximum.accumulate(seconds, axis=0), axis=1)
@@ -208,13 +272,10 @@ def measure_table(model: nn.Module, height: int, width: int, threads: int, batch
         graph = ChannelGraph(halved, height, width)
         graph.remove_channels({group.name: list(range(group.channels // 2)) for group in graph.filter_groups()})
         networks = [model, halved]
-        table.fit(networks, [time_forward(fold_batchnorm(network, height, width), batch, height, width,
-                                          repeats=4 * repeats, channels_last=True) for network in networks])
-    finally:
-        torch.set_num_threads(previous)
-    log.info("latency table: %d conv shapes timed in %.1f s (%d threads, batch %d); convs x%.2f, overhead "
-             "%.2f of %.2f ms", len(table.grids), time.perf_counter() - began, threads, batch, table.conv_factor,
-             1000 * table.overhead_seconds, 1000 * table.network_seconds(model))
+        table.fit(networks, time_networks(networks, height, width, threads, batch, runtime, 4 * repeats))
+    log.info("latency table (%s): %d conv shapes timed in %.1f s (%d threads, batch %d); convs x%.2f, overhead "
+             "%.2f of %.2f ms", runtime, len(table.grids), time.perf_counter() - began, threads, batch,
+             table.conv_factor, 1000 * table.overhead_seconds, 1000 * table.network_seconds(model))
     return table
 
 
