@@ -7,7 +7,8 @@ runs, most important first: the two ends of the gap (direct transfer, i.e. sourc
 supervised adapt_only), unsupervised adapt_only as the grid runs it (a new random identity head
 each round, 3 rounds of 2 epochs), then one change at a time: the cluster memory head
 (`adapt.head: memory`), re-clustering every epoch (`adapt.epochs_per_round: 1`), both, and
-prune_during with the default and with the memory. Default runs write where `bench.scenarios`
+prune_during with the default, with the memory, and with pseudo-labels from its unpruned teacher
+(`adapt.pseudo_labels: teacher`; the mean teacher, or the frozen source model). Default runs write where `bench.scenarios`
 does (either reuses the other's results), variants under outputs/.../ablations/<variant>/.
 
 Comparisons are paired within seeds (`reid_models.stats`: mean of per-seed differences, 95%
@@ -37,6 +38,12 @@ VARIANTS: dict[str, list[str]] = {
     "memory": ["adapt.head=memory", "adapt.epochs_per_round=2"],
     "per_epoch": ["adapt.head=classifier", "adapt.epochs_per_round=1"],
     "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1"],
+    # pruned runs: pseudo-labels from the unpruned teacher -- prune_during's mean teacher of the
+    # adapting model, or the source model it started from (frozen)
+    "teacher_labels": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.pseudo_labels=teacher",
+                       "prune.during_teacher=ema"],
+    "teacher_labels_start": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.pseudo_labels=teacher",
+                             "prune.during_teacher=start"],
 }
 
 
@@ -54,6 +61,9 @@ PLAN: list[Run] = [
     _unsup("adapt_only_memory_per_epoch", "adapt_only", "memory_per_epoch", versus="adapt_only_memory"),
     _unsup("prune_during", "prune_during", versus="adapt_only"),
     _unsup("prune_during_memory", "prune_during", "memory", versus="prune_during"),
+    _unsup("prune_during_teacher_labels", "prune_during", "teacher_labels", versus="prune_during"),
+    _unsup("prune_during_teacher_labels_start", "prune_during", "teacher_labels_start",
+           versus="prune_during_teacher_labels"),
 ]
 GAP_ENDS = ("source_only", "adapt_only_supervised")
 

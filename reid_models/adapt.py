@@ -188,7 +188,7 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                        epoch_hook: Callable[[int], None] | None = None,
                        on_labels: Callable[[object], None] | None = None,
                        checkpoint_dir: str | Path | None = None, memory: MemorySettings | None = None,
-                       **train_options) -> list[dict]:
+                       label_model: torch.nn.Module | None = None, **train_options) -> list[dict]:
     """Rounds of: features of the unlabelled target images -> pseudo-labels -> training on them,
     `epochs_per_round` epochs each, until `recipe.epochs` epochs are spent.
 
@@ -196,6 +196,9 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
     started at the round's centroids (`models.ClusterMemory`: InfoNCE against momentum-updated
     centroids, no label smoothing, Cluster-Contrast's objective) beside the triplet term.
 
+    The pseudo-labels come from `label_model`'s features when given (an unpruned teacher of a
+    pruned student: bad features of the network being pruned would make bad clusters, and those
+    worse features), else from `model`'s.
     `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
     `epoch_hook(e)` gets the epoch index across rounds (progressive pruning rides on it);
     `on_labels(subset)` sees each round's pseudo-labelled training set (e.g. for Taylor's
@@ -211,7 +214,7 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
     while done < recipe.epochs:
         round_index += 1
         epochs = min(epochs_per_round, recipe.epochs - done)
-        features = extract_features(model, plain_view, device)
+        features = extract_features(label_model or model, plain_view, device)
         labels = pseudo_labels(features, target_train.camids, cluster)
         report = {"round": round_index, **describe_clusters(labels, true_pids)}
         kept = torch.from_numpy(labels >= 0)
@@ -229,7 +232,9 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                                    generator=torch.Generator().manual_seed(seed * 1000 + round_index))
         else:
             device_of_model = next(model.parameters()).device
-            model.classifier = ClusterMemory(cluster_centroids(features, labels), memory.temperature,
+            # The memory lives in the student's feature space, whoever's features made the labels.
+            own = features if label_model is None else extract_features(model, plain_view, device)
+            model.classifier = ClusterMemory(cluster_centroids(own, labels), memory.temperature,
                                              memory.momentum).to(device_of_model)
             round_recipe = round_recipe.model_copy(update={"label_smoothing": 0.0})
         offset = done

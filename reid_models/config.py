@@ -245,6 +245,9 @@ class AdaptSettings(Section):
     head: Literal["classifier", "memory"] = Field("classifier", description="unsupervised: a new random head "
                                                   "each round, or a cluster memory (Cluster-Contrast)")
     memory: MemorySettingsModel = MemorySettingsModel()
+    pseudo_labels: Literal["student", "teacher"] = Field("student", description="unsupervised pruning steps: "
+                                                         "cluster the features of the network being pruned, or "
+                                                         "of its unpruned teacher")
     # The new head learns at this lr, the backbone at backbone_lr_scale of it (params.yaml says why).
     train: FinetuneSettings = FinetuneSettings(lr=0.0035)
 

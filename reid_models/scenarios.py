@@ -150,6 +150,8 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
         del adapt["head"], adapt["memory"]
     if adapt["cluster"]["eps_quantile"] is None:
         del adapt["cluster"]["eps_quantile"]
+    if adapt["pseudo_labels"] == "student":
+        del adapt["pseudo_labels"]
     relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"), "adapt": adapt,
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),
@@ -221,7 +223,8 @@ class ScenarioRun:
             if (step_dir / TEACHER_FILE).is_file():  # the recovery step after it needs its teacher
                 saved_teacher = load_checkpoint(step_dir / TEACHER_FILE)
                 self.teacher = Teacher(model_from_payload(saved_teacher, str(step_dir / TEACHER_FILE)),
-                                       self.settings.prune, saved_teacher["momentum"], saved_teacher["label"])
+                                       self.settings.prune, saved_teacher["momentum"], saved_teacher["label"],
+                                       distill=self.settings.prune.distill)
             log.info("%s: step %d (%s) already done", self.scenario.key, index, name)
         else:
             # The step's own generator (new identity heads): never torch's global RNG, which
@@ -277,16 +280,22 @@ class ScenarioRun:
             if ramp < epochs:
                 self.train_on_target("recover_target", epochs, pruning="recover", span=(ramp, epochs))
 
+    def teacher_labels(self) -> bool:
+        """Unsupervised pruning steps cluster the unpruned teacher's features (`adapt.pseudo_labels`)."""
+        return self.scenario.adaptation == "unsupervised" and self.settings.adapt.pseudo_labels == "teacher"
+
     def make_teacher(self) -> Teacher | None:
-        """The unpruned teacher of a target pruning step (see the module docstring)."""
+        """The unpruned teacher of a target pruning step (see the module docstring): for
+        distillation, or (`distill: false`) only for its features as the source of pseudo-labels."""
         prune = self.settings.prune
-        if not prune.distill:
+        if not prune.distill and not self.teacher_labels():
             return None
         if self.scenario.name == "prune_during" and prune.during_teacher == "ema":
             return Teacher(self.model, prune, prune.teacher_momentum,
-                           f"mean teacher (EMA {prune.teacher_momentum:g}) of the adapting model, frozen at removal")
+                           f"mean teacher (EMA {prune.teacher_momentum:g}) of the adapting model, frozen at removal",
+                           distill=prune.distill)
         start = "source model" if self.scenario.name == "prune_during" else "adapted model"
-        return Teacher(self.model, prune, 0.0, f"{start} (frozen)")
+        return Teacher(self.model, prune, 0.0, f"{start} (frozen)", distill=prune.distill)
 
     def train_on_target(self, name: str, epochs: int, pruning: str | None = None,
                         span: tuple[int, int] | None = None) -> None:
@@ -342,7 +351,7 @@ class ScenarioRun:
                     self.device, seed=self.scenario.seed + 1000 * first, on_round=self.on_round,
                     true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir,
                     memory=MemorySettings(**settings.adapt.memory.model_dump()) if settings.adapt.head == "memory"
-                    else None, **options)
+                    else None, label_model=teacher.model if teacher and self.teacher_labels() else None, **options)
             recalibrated = 0
             if pruner is not None:
                 save_json(step_dir / "channels.json", pruner.finish())
@@ -351,8 +360,10 @@ class ScenarioRun:
                 recalibrated = recalibrate_batchnorm(model, target, prune_settings.bn_recalibration_batches,
                                                      recipe.ids_per_batch, recipe.images_per_id, self.scenario.seed,
                                                      self.device)
-            teacher_flops = count_flops(teacher.model, self.height, self.width) if teacher else 0
+            teacher_flops = count_flops(teacher.model, self.height, self.width) if teacher and teacher.distill else 0
+            labelled_by = teacher.label if teacher and self.teacher_labels() else "student"
             self.info = {"teacher": teacher.label if teacher else "none", "recalibration_images": recalibrated,
+                         **({"pseudo_labels": labelled_by} if adaptation == "unsupervised" else {}),
                          "train_gflops": training_gflops(sum(r.get("images", 0) for r in history), student_flops,
                                                          teacher_flops, recalibrated, self.start_flops)}
             return history
@@ -432,6 +443,8 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
            "train_gflops": sum(step["train_gflops"] for step in run.steps),
            "teacher": "; ".join(dict.fromkeys(step["teacher"] for step in run.steps
                                               if step.get("teacher", "none") != "none")) or "none",
+           "pseudo_labels": "; ".join(dict.fromkeys(step["pseudo_labels"] for step in run.steps
+                                                    if "pseudo_labels" in step)) or "none",
            "recovery": recovery_settings(scenario, settings),
            "torch_threads": torch.get_num_threads(),
            "seconds": time.perf_counter() - began, "result_dir": str(out_dir)}

@@ -148,7 +148,7 @@ def train_model(
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             terms = reid_loss(out, labels, settings)
-            if teacher is not None:
+            if teacher is not None and teacher.distill:
                 terms.update(teacher.loss(images, out.features))
                 terms["loss"] = terms["loss"] + terms["distill"]
             optimizer.zero_grad(set_to_none=True)

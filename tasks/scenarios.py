@@ -99,7 +99,8 @@ def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkp
             on_epoch=lambda record: tracker.metrics(record, "train.", step=next(step)),
             on_round=lambda record: tracker.metrics(record, "cluster.", step=record["round"]))
         tracker.metrics({**row, "gflops": row["flops"] / 1e9})  # train_gflops (student + teacher) beside images_seen
-        tracker.params({"teacher": row.get("teacher", "none"), "recovery": row.get("recovery", "none")})
+        tracker.params({"teacher": row.get("teacher", "none"), "recovery": row.get("recovery", "none"),
+                        "pseudo_labels": row.get("pseudo_labels", "none")})
         _log_scenario_artifacts(tracker, out_dir, f"{scenario.key}: target CMC")
         version = register_model(settings, tracker, "model", {"scenario": scenario.key,
                                                               "gflops": f"{row['flops'] / 1e9:.3f}"})

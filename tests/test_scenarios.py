@@ -151,3 +151,39 @@ def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_
     assert print_of("prune.latency_threads=4") == plain  # a FLOPs budget never reads the table
     assert print_of("prune.budget=latency") != plain
     assert print_of("prune.budget=latency", "prune.latency_threads=4") != print_of("prune.budget=latency")
+
+
+def test_a_pruned_unsupervised_run_clusters_the_unpruned_teachers_features(tiny_domains, tmp_path, monkeypatch):
+    """adapt.pseudo_labels: teacher -- every clustering of prune_during's unsupervised step reads
+    the features of its unpruned teacher, a network apart from the one being pruned."""
+    from reid_models import features as features_module
+    from reid_models import scenarios
+    from reid_models.complexity import count_params
+    from reid_models.stages import pretrain
+
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                "pretrain.epochs=1", "prune.finetune.ids_per_batch=2", "adapt.train.ids_per_batch=2",
+                                "adapt.pseudo_labels=teacher", "adapt.cluster.min_samples=2")
+    settings = load_settings(PARAMS, "quick", overrides)
+    source = pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+    seen: dict = {"clustered": []}
+    extract, adapt = features_module.extract_features, scenarios.adapt_unsupervised
+
+    def spy_extract(model, *args, **kwargs):
+        seen["clustered"].append(model)
+        return extract(model, *args, **kwargs)
+
+    def spy_adapt(model, *args, **kwargs):
+        seen["student"], seen["teacher"] = model, kwargs["label_model"]
+        return adapt(model, *args, **kwargs)
+
+    monkeypatch.setattr(features_module, "extract_features", spy_extract)
+    monkeypatch.setattr(scenarios, "adapt_unsupervised", spy_adapt)
+    rounds: list[dict] = []
+    row = run_scenario(Scenario("prune_during", "l1", 0.5, "unsupervised", 0), settings, source, tmp_path / "run",
+                       progress=False, on_round=rounds.append)
+    teacher, student = seen["teacher"], seen["student"]
+    assert teacher is not None and teacher is not student
+    assert rounds and all(model is teacher for model in seen["clustered"][:len(rounds)])
+    assert row["pseudo_labels"].startswith("mean teacher")
+    assert count_params(student.backbone) < count_params(teacher.backbone)  # the student ended pruned, not it

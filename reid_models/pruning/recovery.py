@@ -50,14 +50,18 @@ class Teacher:
 
     `momentum` 0 keeps it frozen; otherwise after every optimizer step its weights move towards
     the student's (a mean teacher), as long as the shapes still match (not after removal).
+    With `distill` false it adds no loss and only follows: a teacher kept for its features (the
+    pseudo-labels of pruned unsupervised runs, `adapt.pseudo_labels: teacher`).
     """
 
-    def __init__(self, model: ReIDNet, settings: PruneSettings, momentum: float = 0.0, label: str = "") -> None:
+    def __init__(self, model: ReIDNet, settings: PruneSettings, momentum: float = 0.0, label: str = "",
+                 distill: bool = True) -> None:
         self.model = copy.deepcopy(model).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.feature_weight, self.relation_weight = settings.distill_feature_weight, settings.distill_relation_weight
         self.temperature, self.momentum, self.label = settings.distill_temperature, momentum, label
+        self.distill = distill
 
     def to(self, device: torch.device) -> Teacher:
         self.model.to(device)
