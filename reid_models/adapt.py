@@ -188,7 +188,8 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                        epoch_hook: Callable[[int], None] | None = None,
                        on_labels: Callable[[object], None] | None = None,
                        checkpoint_dir: str | Path | None = None, memory: MemorySettings | None = None,
-                       label_model: torch.nn.Module | None = None, **train_options) -> list[dict]:
+                       label_model: torch.nn.Module | None = None, mean_teacher: float | None = None,
+                       **train_options) -> list[dict]:
     """Rounds of: features of the unlabelled target images -> pseudo-labels -> training on them,
     `epochs_per_round` epochs each, until `recipe.epochs` epochs are spent.
 
@@ -198,7 +199,9 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
 
     The pseudo-labels come from `label_model`'s features when given (an unpruned teacher of a
     pruned student: bad features of the network being pruned would make bad clusters, and those
-    worse features), else from `model`'s.
+    worse features), else, with `mean_teacher` (a momentum), from a mean teacher's (an EMA of
+    `model`'s weights after every step, kept across rounds, as MMT's clustering does; only when
+    no other teacher is given), else from `model`'s.
     `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
     `epoch_hook(e)` gets the epoch index across rounds (progressive pruning rides on it);
     `on_labels(subset)` sees each round's pseudo-labelled training set (e.g. for Taylor's
@@ -208,6 +211,13 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
     from reid_models.features import extract_features
     from reid_models.train import train_model
 
+    if mean_teacher is not None and label_model is None and train_options.get("teacher") is None:
+        from reid_models.config import PruneSettings
+        from reid_models.pruning.recovery import Teacher
+
+        train_options["teacher"] = Teacher(model, PruneSettings(), mean_teacher, f"mean teacher (EMA {mean_teacher:g})",
+                                           distill=False)
+        label_model = train_options["teacher"].model
     history: list[dict] = []
     plain_view = ImageSet(target_train.images, target_train.labels, target_train.camids, test_transform())
     done, round_index = 0, 0

@@ -245,6 +245,8 @@ class AdaptSettings(Section):
     head: Literal["classifier", "memory"] = Field("classifier", description="unsupervised: a new random head "
                                                   "each round, or a cluster memory (Cluster-Contrast)")
     memory: MemorySettingsModel = MemorySettingsModel()
+    mean_teacher: float | None = Field(None, ge=0.5, lt=1.0, description="unsupervised: cluster the features of a "
+                                       "mean teacher (EMA of the adapting model, this momentum per step; MMT)")
     pseudo_labels: Literal["student", "teacher"] = Field("student", description="unsupervised pruning steps: "
                                                          "cluster the features of the network being pruned, or "
                                                          "of its unpruned teacher")

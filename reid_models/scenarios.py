@@ -152,6 +152,8 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
         del adapt["cluster"]["eps_quantile"]
     if adapt["pseudo_labels"] == "student":
         del adapt["pseudo_labels"]
+    if adapt["mean_teacher"] is None:
+        del adapt["mean_teacher"]
     relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"), "adapt": adapt,
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),
@@ -351,7 +353,8 @@ class ScenarioRun:
                     self.device, seed=self.scenario.seed + 1000 * first, on_round=self.on_round,
                     true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir,
                     memory=MemorySettings(**settings.adapt.memory.model_dump()) if settings.adapt.head == "memory"
-                    else None, label_model=teacher.model if teacher and self.teacher_labels() else None, **options)
+                    else None, label_model=teacher.model if teacher and self.teacher_labels() else None,
+                    mean_teacher=settings.adapt.mean_teacher, **options)
             recalibrated = 0
             if pruner is not None:
                 save_json(step_dir / "channels.json", pruner.finish())
@@ -361,7 +364,9 @@ class ScenarioRun:
                                                      recipe.ids_per_batch, recipe.images_per_id, self.scenario.seed,
                                                      self.device)
             teacher_flops = count_flops(teacher.model, self.height, self.width) if teacher and teacher.distill else 0
-            labelled_by = teacher.label if teacher and self.teacher_labels() else "student"
+            labelled_by = teacher.label if teacher and self.teacher_labels() else \
+                f"mean teacher (EMA {settings.adapt.mean_teacher:g})" if settings.adapt.mean_teacher and not teacher \
+                else "student"
             self.info = {"teacher": teacher.label if teacher else "none", "recalibration_images": recalibrated,
                          **({"pseudo_labels": labelled_by} if adaptation == "unsupervised" else {}),
                          "train_gflops": training_gflops(sum(r.get("images", 0) for r in history), student_flops,

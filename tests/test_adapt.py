@@ -183,3 +183,42 @@ def test_memory_bank_for_20000_images_stays_small():
     assert result.returncode == 0, result.stderr[-2000:]
     added_mb, clusters = result.stdout.split()[-2:]
     assert int(clusters) == 10000 and float(added_mb) < 256
+
+
+def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains, monkeypatch):
+    """adapt.mean_teacher: every round clusters the features of one EMA copy of the adapting
+    model, kept across rounds, whose weights move after the student's steps but stay apart."""
+    import copy
+
+    from reid_models import adapt
+    from reid_models import features as features_module
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import ReIDNet
+
+    items = read_market1501(tiny_domains["target"]).train
+    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    start = copy.deepcopy(model.state_dict())
+    clustered = []
+    extract = features_module.extract_features
+
+    def spy(network, *args, **kwargs):
+        clustered.append(network)
+        return extract(network, *args, **kwargs)
+
+    monkeypatch.setattr(features_module, "extract_features", spy)
+    recipe = FinetuneSettings(epochs=2, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    history = adapt.adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
+                                       epochs_per_round=1, device=torch.device("cpu"), progress=False,
+                                       mean_teacher=0.9)
+    assert len(history) == 2 and len(clustered) == 2
+    teacher = clustered[0]
+    assert teacher is clustered[1] and teacher is not model  # one teacher, across rounds
+    name = "backbone.conv1.conv.weight"
+    taught, student, began = teacher.state_dict()[name], model.state_dict()[name], start[name]
+    assert not torch.equal(taught, began) and not torch.equal(taught, student)
+    # an EMA at 0.9 over 4 steps stays between the start and the student
+    assert (taught - began).norm() < (student - began).norm()
