@@ -8,8 +8,9 @@ decide which layers shrink) at each target, with a FLOPs budget and with a laten
 same share (the table's aim alone, and corrected by timing). Every variant is timed in the
 table's runtime (`--runtime`: PyTorch with BatchNorm folded and channels_last, as
 `complexity.measure` times models, or the exported file under ONNX Runtime, fp32 or int8),
-alternately with the unpruned one, at batch 1 (the table's batch) and 32. Per row: FLOPs reduction, the table's predicted latency reduction, the
-measured one, and whether it is within 5 points of the target (issue 15's goal).
+alternately with the unpruned one, at batch 1 (the table's batch) and 32. Per row: FLOPs
+reduction, the table's predicted latency reduction, the measured one, and whether it is within
+5 points of the target (issue 15's goal).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def main() -> None:
     table = latency.measure_table(model, height, width, args.threads, runtime=args.runtime)
     table_seconds = time.perf_counter() - began
     print(f"latency table ({args.runtime}): {len(table.grids)} conv shapes, {table_seconds:.1f} s "
-          f"({args.threads} threads, batch 1); convs x{table.conv_factor:.2f}, overhead {1000 * table.overhead_seconds:.2f} of "
-          f"{1000 * table.network_seconds(model):.2f} ms")
+          f"({args.threads} threads, batch 1); convs x{table.conv_factor:.2f}, overhead "
+          f"{1000 * table.overhead_seconds:.2f} of {1000 * table.network_seconds(model):.2f} ms")
 
     with tempfile.TemporaryDirectory() as cache:
         latency.save_table(table, cache, model)  # the pruning below reads the table just timed

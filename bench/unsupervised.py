@@ -7,7 +7,8 @@ runs, most important first: the two ends of the gap (direct transfer, i.e. sourc
 supervised adapt_only), unsupervised adapt_only as the grid runs it (a new random identity head
 each round, 3 rounds of 2 epochs), then one change at a time: the cluster memory head
 (`adapt.head: memory`), re-clustering every epoch (`adapt.epochs_per_round: 1`), both, a mean
-teacher's features for the clustering (`adapt.mean_teacher: 0.95`), and
+teacher's features for the clustering (`adapt.mean_teacher: 0.95`), camera proxies in the loss
+(`adapt.memory.camera_proxies`, against the memory alone), and
 prune_during with the default, with the memory, and with pseudo-labels from its unpruned teacher
 (`adapt.pseudo_labels: teacher`; the mean teacher, or the frozen source model). Default runs write where `bench.scenarios`
 does (either reuses the other's results), variants under outputs/.../ablations/<variant>/.
@@ -40,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "per_epoch": ["adapt.head=classifier", "adapt.epochs_per_round=1"],
     "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1"],
     "mean_teacher": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.mean_teacher=0.95"],
+    "memory_camera": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.camera_proxies=true"],
     # pruned runs: pseudo-labels from the unpruned teacher -- prune_during's mean teacher of the
     # adapting model, or the source model it started from (frozen)
     "teacher_labels": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.pseudo_labels=teacher",
@@ -62,6 +64,7 @@ PLAN: list[Run] = [
     _unsup("adapt_only_per_epoch", "adapt_only", "per_epoch", versus="adapt_only"),
     _unsup("adapt_only_memory_per_epoch", "adapt_only", "memory_per_epoch", versus="adapt_only_memory"),
     _unsup("adapt_only_mean_teacher", "adapt_only", "mean_teacher", versus="adapt_only"),
+    _unsup("adapt_only_memory_camera", "adapt_only", "memory_camera", versus="adapt_only_memory"),
     _unsup("prune_during", "prune_during", versus="adapt_only"),
     _unsup("prune_during_memory", "prune_during", "memory", versus="prune_during"),
     _unsup("prune_during_teacher_labels", "prune_during", "teacher_labels", versus="prune_during"),

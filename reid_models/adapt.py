@@ -24,7 +24,7 @@ import torch
 from scipy import sparse
 from sklearn.cluster import DBSCAN
 
-from reid_models.models import ClusterMemory
+from reid_models.models import CameraProxyMemory, ClusterMemory
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,27 @@ RoundCallback = Callable[[dict], None]
 
 @dataclass(frozen=True)
 class MemorySettings:
-    """The cluster memory head (`adapt.head: memory`); Cluster-Contrast's defaults."""
+    """The cluster memory head (`adapt.head: memory`); Cluster-Contrast's defaults. With
+    `camera_proxies`, CAP's intra- and inter-camera proxy terms too (`models.CameraProxyMemory`)."""
     temperature: float = 0.05
     momentum: float = 0.2
+    camera_proxies: bool = False
+    camera_weight: float = 0.5
+    camera_negatives: int = 50
+
+
+def camera_proxies(features: torch.Tensor, labels: np.ndarray, camids: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean feature of every (pseudo-identity, camera) pair with images (outliers, -1, left out):
+    proxies, their identities and their cameras."""
+    kept = labels >= 0
+    pairs = np.stack([labels[kept], camids.numpy()[kept]], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = torch.from_numpy(inverse.reshape(-1))
+    normalised = torch.nn.functional.normalize(features[torch.from_numpy(kept)].float(), dim=1)
+    sums = torch.zeros(len(unique), features.shape[1]).index_add_(0, inverse, normalised)
+    means = sums / torch.bincount(inverse, minlength=len(unique)).unsqueeze(1)
+    return means, torch.from_numpy(unique[:, 0]), torch.from_numpy(unique[:, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +262,13 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
             device_of_model = next(model.parameters()).device
             # The memory lives in the student's feature space, whoever's features made the labels.
             own = features if label_model is None else extract_features(model, plain_view, device)
-            model.classifier = ClusterMemory(cluster_centroids(own, labels), memory.temperature,
-                                             memory.momentum).to(device_of_model)
+            centroids = cluster_centroids(own, labels).to(device_of_model)
+            if memory.camera_proxies:
+                model.classifier = CameraProxyMemory(centroids, *camera_proxies(own, labels, target_train.camids),
+                                                     memory.temperature, memory.momentum, memory.camera_negatives,
+                                                     memory.camera_weight)
+            else:
+                model.classifier = ClusterMemory(centroids, memory.temperature, memory.momentum)
             round_recipe = round_recipe.model_copy(update={"label_smoothing": 0.0})
         offset = done
         hook = (lambda epoch, offset=offset: epoch_hook(offset + epoch)) if epoch_hook else None

@@ -234,6 +234,9 @@ class MemorySettingsModel(Section):
 
     temperature: float = Field(0.05, gt=0.0, description="InfoNCE temperature")
     momentum: float = Field(0.2, ge=0.0, lt=1.0, description="centroid <- momentum x centroid + (1 - momentum) x feature")
+    camera_proxies: bool = Field(False, description="CAP's intra- and inter-camera proxy terms beside the memory")
+    camera_weight: float = Field(0.5, ge=0.0, description="x (intra + inter camera proxy terms)")
+    camera_negatives: int = Field(50, ge=1, description="hardest other-identity proxies in the inter-camera term")
 
 
 class AdaptSettings(Section):

@@ -122,6 +122,59 @@ class ClusterMemory(nn.Linear):
             self.weight[label] = centroid / centroid.norm().clamp_min(1e-12)
 
 
+class CameraProxyMemory(ClusterMemory):
+    """The cluster memory plus camera proxies (CAP, Wang et al. 2021): one centroid per
+    (pseudo-identity, camera), so the loss, not only the clustering, knows the cameras.
+
+    `camera_terms` adds, for each sample of the last forward: an intra-camera term (InfoNCE
+    against the proxies of its own camera: tell identities apart where the camera is the same)
+    and an inter-camera term (its identity's proxies in every camera as positives against the
+    `negatives` most similar proxies of other identities: pull the cameras of one identity
+    together); `camera` is their sum x `camera_weight`, added to the loss. Proxies move by
+    momentum like the centroids. They are plain tensors, not state: a checkpoint keeps the head
+    a Linear layer, and a resumed round starts them afresh."""
+
+    def __init__(self, centroids: torch.Tensor, proxies: torch.Tensor, proxy_labels: torch.Tensor,
+                 proxy_cameras: torch.Tensor, temperature: float = 0.05, momentum: float = 0.2,
+                 negatives: int = 50, camera_weight: float = 0.5) -> None:
+        super().__init__(centroids, temperature, momentum)
+        self.proxies = nn.functional.normalize(proxies.float(), dim=1).to(centroids.device)
+        self.proxy_labels, self.proxy_cameras = proxy_labels.to(centroids.device), proxy_cameras.to(centroids.device)
+        self.index = {(int(label), int(camera)): i for i, (label, camera)
+                      in enumerate(zip(proxy_labels.tolist(), proxy_cameras.tolist()))}
+        self.negatives, self.camera_weight = negatives, camera_weight
+        self._embedding: torch.Tensor | None = None
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        self._embedding = embedding  # with its gradient: camera_terms is part of the loss
+        return super().forward(embedding)
+
+    def camera_terms(self, labels: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = nn.functional.normalize(self._embedding, dim=1)
+        logits = features @ self.proxies.t() / self.temperature  # batch x proxies
+        own = torch.tensor([self.index[(int(l), int(c))] for l, c in zip(labels.tolist(), cameras.tolist())],
+                           device=logits.device)
+        same_camera = self.proxy_cameras[None, :] == cameras[:, None].to(logits.device)
+        intra = nn.functional.cross_entropy(logits.masked_fill(~same_camera, float("-inf")), own)
+        positive = self.proxy_labels[None, :] == labels[:, None].to(logits.device)
+        hardest = logits.masked_fill(positive, float("-inf")).topk(min(self.negatives, logits.shape[1]), dim=1).values
+        denominator = torch.logsumexp(torch.cat([logits.masked_fill(~positive, float("-inf")), hardest], 1), dim=1)
+        inter = -((logits - denominator[:, None]) * positive).sum(1) / positive.sum(1)
+        inter = inter.mean()
+        return {"camera_intra": intra, "camera_inter": inter, "camera": self.camera_weight * (intra + inter)}
+
+    @torch.no_grad()
+    def update(self, labels: torch.Tensor, cameras: torch.Tensor | None = None) -> None:
+        super().update(labels)
+        if cameras is None:
+            return
+        features = nn.functional.normalize(self._last_embedding, dim=1)
+        for feature, label, camera in zip(features, labels.tolist(), cameras.tolist()):
+            i = self.index[(label, camera)]
+            proxy = self.momentum * self.proxies[i] + (1 - self.momentum) * feature
+            self.proxies[i] = proxy / proxy.norm().clamp_min(1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Starting weights (`pretrain.init`): a local file mapped onto the backbone by key name.
 #

@@ -25,7 +25,7 @@ from reid_models import stopping
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
 from reid_models.config import TrainRecipe
 from reid_models.data.loading import IdentityBatchSampler, ImageSet, SeededBatches
-from reid_models.models import ClusterMemory, ReIDNet
+from reid_models.models import CameraProxyMemory, ClusterMemory, ReIDNet
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict], None]
@@ -143,18 +143,23 @@ def train_model(
         correct = seen = 0
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
-        for images, labels, _ in bar:
+        for images, labels, cameras in bar:
             stopping.check()  # a SIGINT/SIGTERM stops here; the last epoch's checkpoint stays
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             terms = reid_loss(out, labels, settings)
+            if isinstance(model.classifier, CameraProxyMemory):  # unsupervised adaptation's camera proxies
+                terms.update(model.classifier.camera_terms(labels, cameras))
+                terms["loss"] = terms["loss"] + terms["camera"]
             if teacher is not None and teacher.distill:
                 terms.update(teacher.loss(images, out.features))
                 terms["loss"] = terms["loss"] + terms["distill"]
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            if isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
+            if isinstance(model.classifier, CameraProxyMemory):
+                model.classifier.update(labels, cameras)
+            elif isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
                 model.classifier.update(labels)
             if teacher is not None:
                 teacher.follow(model)

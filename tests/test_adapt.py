@@ -222,3 +222,74 @@ def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains,
     assert not torch.equal(taught, began) and not torch.equal(taught, student)
     # an EMA at 0.9 over 4 steps stays between the start and the student
     assert (taught - began).norm() < (student - began).norm()
+
+
+def test_camera_proxies_are_per_identity_and_camera_means_without_outliers():
+    from reid_models.adapt import camera_proxies
+
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 4.0], [0.0, 2.0]])
+    labels = np.array([0, 0, 1, -1, 0])
+    cameras = torch.tensor([0, 1, 0, 0, 1])
+    proxies, proxy_labels, proxy_cameras = camera_proxies(features, labels, cameras)
+    assert list(zip(proxy_labels.tolist(), proxy_cameras.tolist())) == [(0, 0), (0, 1), (1, 0)]
+    assert torch.allclose(proxies, torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))  # unit features averaged
+
+
+def test_camera_terms_pull_a_feature_to_its_own_proxies_and_update_only_them():
+    from reid_models.models import CameraProxyMemory
+
+    # two identities seen by two cameras: proxies (identity, camera)
+    proxies = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [0.0, 0.6, 0.8]])
+    memory = CameraProxyMemory(torch.eye(3)[[0, 2]], proxies, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]),
+                               temperature=0.5, momentum=0.5)
+    labels, cameras = torch.tensor([0]), torch.tensor([0])
+
+    def terms_at(feature):
+        embedding = feature.clone().requires_grad_(True)
+        memory(embedding)
+        terms = memory.camera_terms(labels, cameras)
+        terms["camera"].backward()
+        return terms, embedding.grad
+
+    near, grad = terms_at(torch.tensor([[1.0, 0.1, 0.0]]))
+    far, _ = terms_at(torch.tensor([[0.0, 0.1, 1.0]]))  # looks like identity 1
+    assert grad is not None and grad.abs().sum() > 0  # the terms train the network
+    assert near["camera_intra"] < far["camera_intra"] and near["camera_inter"] < far["camera_inter"]
+    before = memory.proxies.clone()
+    memory.update(labels, cameras)
+    moved = (memory.proxies - before).abs().sum(1) > 0
+    assert moved.tolist() == [True, False, False, False]  # identity 0's camera-0 proxy only
+    assert torch.allclose(memory.proxies.norm(dim=1), torch.ones(4))
+
+
+def test_unsupervised_rounds_train_with_camera_proxies(tiny_domains):
+    from reid_models import adapt
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import CameraProxyMemory, ReIDNet
+    from reid_models.train import train_model
+
+    items = read_market1501(tiny_domains["target"]).train
+    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    recipe = FinetuneSettings(epochs=2, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    terms = []
+    import reid_models.train as train_module
+
+    def recording(*args, **kwargs):
+        history = train_model(*args, **kwargs)
+        terms.append(history[-1])
+        return history
+
+    train_module.train_model, saved = recording, train_module.train_model
+    try:
+        history = adapt.adapt_unsupervised(
+            model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2), epochs_per_round=1,
+            device=torch.device("cpu"), progress=False,
+            memory=adapt.MemorySettings(camera_proxies=True, camera_negatives=5))
+    finally:
+        train_module.train_model = saved
+    assert isinstance(model.classifier, CameraProxyMemory) and len(history) == 2
+    assert all(np.isfinite(record["camera_intra"]) and np.isfinite(record["camera_inter"]) for record in terms)
