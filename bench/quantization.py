@@ -33,7 +33,6 @@ from reid_models.features import extract_features
 from reid_models.data.loading import ImageSet, test_transform
 from reid_models.stages import load_domain, load_model, training_images
 from reid_models.stats import format_comparison, paired_difference
-from reid_models.train import train_model
 
 VARIANTS = ("fp32", "int8_ptq", "finetune_int8_ptq", "int8_qat")
 
@@ -45,14 +44,6 @@ def score(module: torch.nn.Module, query: ImageSet, gallery: ImageSet, settings)
     return evaluate_features(qf, gf, query.labels.numpy(), gallery.labels.numpy(), query.camids.numpy(),
                              gallery.camids.numpy(), max_rank=settings.evaluate.max_rank,
                              query_chunk=settings.evaluate.query_chunk)
-
-
-def finetune(model, target, settings, epochs: int, lr_scale: float, seed: int) -> None:
-    recipe = settings.adapt.train.model_copy(update={
-        "epochs": epochs, "warmup_epochs": 0, "lr": settings.adapt.train.lr * lr_scale,
-        "batches_per_epoch": settings.scenarios.batches_per_epoch})
-    train_model(model, target, recipe, torch.device("cpu"), seed=seed, backbone_lr_scale=settings.adapt.backbone_lr_scale,
-                progress=False)
 
 
 def run_model(checkpoint: Path, settings, args, seed: int, scratch: Path) -> list[dict]:
@@ -68,11 +59,9 @@ def run_model(checkpoint: Path, settings, args, seed: int, scratch: Path) -> lis
     for variant in VARIANTS:
         model = load_model(checkpoint)
         if variant == "finetune_int8_ptq":
-            finetune(model, target, settings, args.epochs, args.lr_scale, seed)
+            quantize.finetune(model, target, settings, args.epochs, args.lr_scale, seed)
         elif variant == "int8_qat":
-            model = quantize.prepare(model, data.height, data.width)
-            finetune(model, target, settings, args.epochs, args.lr_scale, seed)
-            model = quantize.strip(model)
+            model = quantize.quantization_aware(model, target, settings, args.epochs, args.lr_scale, seed)
         folder = scratch / variant
         fp32 = exporting.export_onnx(model.eval(), folder / "model.onnx", data.height, data.width, {})
         shipped = fp32 if variant == "fp32" else exporting.quantize_int8(

@@ -303,7 +303,11 @@ class ShipSettings(Section):
     """How each final model is shipped after the grid (reid_models.export): an ONNX file, int8 or not,
     scored and timed under ONNX Runtime for the report's `shipped_*` columns."""
 
-    quantize: Literal["none", "int8_ptq"] = "int8_ptq"
+    quantize: Literal["none", "int8_ptq", "int8_qat"] = "int8_ptq"
+    # int8_qat: quantisation-aware fine-tuning first (reid_models/quantize.py), on the model's training
+    # domain: its labels, or for unsupervised scenarios pseudo-labels of the model's own features.
+    qat_epochs: int = Field(2, ge=1)
+    qat_lr_scale: float = Field(0.01, gt=0.0, le=1.0, description="x adapt.train.lr")
     calibration_images: int = Field(300, ge=1, description="training images of the model's domain, never test")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
 

@@ -230,11 +230,33 @@ def domain_training_images(payload: dict, domain: str, count: int, seed: int = 0
     return load_images([splits.train[i][0] for i in order], settings.data.height, settings.data.width, progress=False)
 
 
+def qat_training_set(model: ReIDNet, payload: dict, settings):
+    """What quantisation-aware fine-tuning trains on: the training split of the model's domain,
+    with its labels -- or, for a model adapted without target labels, with pseudo-labels from
+    the model's own features (as its adaptation made them), outliers left out."""
+    from reid_models.adapt import ClusterSettings, pseudo_labels
+    from reid_models.data.loading import ImageSet
+    from reid_models.features import extract_features
+    from reid_models.stages import load_domain, training_images
+
+    domain = model_domain(payload)
+    train = training_images(load_domain(getattr(settings.data, domain), settings.data, check_images=False),
+                            settings.data, settings.adapt.train.augment)
+    if domain == "source" or (payload.get("scenario") or {}).get("adaptation") != "unsupervised":
+        return train
+    plain = ImageSet(train.images, train.labels, train.camids, test_transform())
+    labels = pseudo_labels(extract_features(model, plain, torch.device("cpu")), train.camids,
+                           ClusterSettings(**settings.adapt.cluster.model_dump()))
+    kept = torch.from_numpy(labels >= 0)
+    return ImageSet(train.images[kept], torch.from_numpy(labels[labels >= 0]), train.camids[kept], train.transform)
+
+
 SHIPPED_FILE = "shipped.json"
 
 
 def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
-    """A finished scenario's model.pt as it ships (`settings.ship`): exported (and quantised) into
+    """A finished scenario's model.pt as it ships (`settings.ship`): exported (and quantised, after
+    quantisation-aware fine-tuning with `int8_qat`) into
     out_dir/export, scored on the target test split and timed (batch 1 and 32) under ONNX Runtime
     at `orchestration.torch_threads`. Returns the `shipped_*` fields of its report row, saved in
     export/shipped.json and reused while model.pt and the ship settings are unchanged."""
@@ -250,7 +272,15 @@ def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
         return previous["fields"]
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))
-    int8 = settings.ship.quantize == "int8_ptq"
+    if settings.ship.quantize == "int8_qat":
+        from reid_models.quantize import quantization_aware
+
+        train = qat_training_set(model, payload, settings)
+        if int(train.labels.max()) + 1 != model.classifier.out_features:  # pseudo-identities: a head of theirs
+            model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
+        model = quantization_aware(model, train, settings, settings.ship.qat_epochs, settings.ship.qat_lr_scale,
+                                   settings.seed)
+    int8 = settings.ship.quantize in ("int8_ptq", "int8_qat")
     images = domain_training_images(payload, model_domain(payload), check_images
                                     + (settings.ship.calibration_images if int8 else 0), settings.seed)
     data = settings.data

@@ -91,3 +91,24 @@ def strip(model: ReIDNet) -> ReIDNet:
     """The fine-tuned float network (plain convs with the trained weights), for export."""
     _replace(model.backbone, FakeQuantConv, lambda wrapped: wrapped.conv)
     return model
+
+
+def finetune(model: nn.Module, train_set, settings, epochs: int, lr_scale: float, seed: int) -> None:
+    """`epochs` more epochs of the target recipe (`adapt.train`, at `lr_scale` of its lr, no
+    warm-up, the grid's batches per epoch) on `train_set`, on the CPU: QAT's budget, or the float
+    control that gives post-training quantisation the same budget."""
+    from reid_models.train import train_model
+
+    recipe = settings.adapt.train.model_copy(update={
+        "epochs": epochs, "warmup_epochs": 0, "lr": settings.adapt.train.lr * lr_scale,
+        "batches_per_epoch": settings.scenarios.batches_per_epoch})
+    train_model(model, train_set, recipe, torch.device("cpu"), seed=seed,
+                backbone_lr_scale=settings.adapt.backbone_lr_scale, progress=False)
+
+
+def quantization_aware(model: ReIDNet, train_set, settings, epochs: int, lr_scale: float, seed: int) -> ReIDNet:
+    """`model` fine-tuned with the shipped int8 rounding in its forward pass (`prepare`,
+    `finetune`, `strip`): a float network ready for `export.quantize_int8`."""
+    prepared = prepare(model, settings.data.height, settings.data.width)
+    finetune(prepared, train_set, settings, epochs, lr_scale, seed)
+    return strip(prepared).eval()

@@ -94,3 +94,39 @@ def test_bad_options_name_the_option_without_a_traceback(pruned_checkpoint, tmp_
     missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "not found" in missing.output and "Traceback" not in missing.output
     assert not any(tmp_path.iterdir())
+
+
+def test_int8_qat_ships_an_unsupervised_model_fine_tuned_on_its_own_pseudo_labels(tiny_domains, tmp_path,
+                                                                                    monkeypatch):
+    """ship.quantize: int8_qat -- quantisation-aware fine-tuning before the int8 export; a model
+    adapted without target labels gets none here either: it trains on its own pseudo-labels."""
+    from reid_models import quantize
+    from reid_models.adapt import ClusterSettings, pseudo_labels
+    from reid_models.data.loading import ImageSet, test_transform
+    from reid_models.features import extract_features
+    from reid_models.scenarios import Scenario, run_scenario
+    from reid_models.stages import load_domain, pretrain, training_images
+
+    overrides = quick_overrides(tmp_path, tiny_domains, "pretrain.model=osnet_x0_25", "pretrain.ids_per_batch=2",
+                                "pretrain.epochs=1", "adapt.train.ids_per_batch=2", "adapt.cluster.min_samples=2",
+                                "ship.quantize=int8_qat", "ship.qat_epochs=1", "ship.calibration_images=16")
+    settings = load_settings(PARAMS, "quick", overrides)
+    source = pretrain(settings, tmp_path / "pretrain")["checkpoint"]
+    out = tmp_path / "run"
+    run_scenario(Scenario("adapt_only", "none", 0.0, "unsupervised", 0), settings, source, out, progress=False)
+    trained_on = []
+    finetune = quantize.finetune
+    monkeypatch.setattr(quantize, "finetune", lambda model, train_set, *a, **k: (trained_on.append(train_set),
+                                                                                finetune(model, train_set, *a, **k)))
+    adapted = load_model(out / "model.pt").eval()
+    train = training_images(load_domain(settings.data.target, settings.data, check_images=False), settings.data,
+                            settings.adapt.train.augment)
+    expected = pseudo_labels(extract_features(adapted, ImageSet(train.images, train.labels, train.camids,
+                                                                test_transform()), torch.device("cpu")),
+                             train.camids, ClusterSettings(**settings.adapt.cluster.model_dump()))
+
+    fields = exporting.ship_scenario(out, settings)
+    assert fields["shipped_as"] == "onnx int8_qat" and 0.0 <= fields["shipped_rank1"] <= 1.0
+    assert fields["shipped_size_bytes"] < fields["onnx_fp32_size_bytes"]
+    [train_set] = trained_on
+    assert np.array_equal(train_set.labels.numpy(), expected[expected >= 0])  # pseudo-labels, not identities
