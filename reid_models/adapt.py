@@ -207,7 +207,7 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
                        on_labels: Callable[[object], None] | None = None,
                        checkpoint_dir: str | Path | None = None, memory: MemorySettings | None = None,
                        label_model: torch.nn.Module | None = None, mean_teacher: float | None = None,
-                       **train_options) -> list[dict]:
+                       validation=None, **train_options) -> list[dict]:
     """Rounds of: features of the unlabelled target images -> pseudo-labels -> training on them,
     `epochs_per_round` epochs each, until `recipe.epochs` epochs are spent.
 
@@ -220,7 +220,11 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
     worse features), else, with `mean_teacher` (a momentum), from a mean teacher's (an EMA of
     `model`'s weights after every step, kept across rounds, as MMT's clustering does; only when
     no other teacher is given), else from `model`'s.
-    `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality).
+    `target_train.labels` are ignored (pass `true_pids` only to report pseudo-label quality). With
+    `validation` (images of held-out identities, their true labels), each round also clusters
+    those with the same features and settings and reports the adjusted Rand index against the
+    true identities there (`val_adjusted_rand_index`): the clustering's quality, measured without
+    touching a training label.
     `epoch_hook(e)` gets the epoch index across rounds (progressive pruning rides on it);
     `on_labels(subset)` sees each round's pseudo-labelled training set (e.g. for Taylor's
     gradient batches). With `checkpoint_dir`, each round resumes from its own epoch checkpoint.
@@ -245,6 +249,12 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
         features = extract_features(label_model or model, plain_view, device)
         labels = pseudo_labels(features, target_train.camids, cluster)
         report = {"round": round_index, **describe_clusters(labels, true_pids)}
+        if validation is not None and len(validation) > cluster.k1:  # too few to cluster: no figure
+            held_out = pseudo_labels(extract_features(label_model or model, validation, device), validation.camids,
+                                     cluster)
+            described = describe_clusters(held_out, validation.labels.numpy())
+            report.update(val_clusters=described["clusters"], val_outlier_share=described["outlier_share"],
+                          val_adjusted_rand_index=described.get("adjusted_rand_index", 0.0))
         kept = torch.from_numpy(labels >= 0)
         if report["clusters"] < max(2, recipe.ids_per_batch):
             raise ValueError(f"round {round_index}: clustering found {report['clusters']} pseudo-identities, fewer "

@@ -40,7 +40,7 @@ from reid_models.adapt import ClusterSettings, MemorySettings, adapt_unsupervise
 from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
 from reid_models.complexity import count_flops, measure
 from reid_models.config import PruneSettings, Settings
-from reid_models.data.loading import ImageSet
+from reid_models.data.loading import ImageSet, test_transform
 from reid_models.models import GLOBAL_RNG_LOCK, ReIDNet, resolve_device
 from reid_models.pruning.budget import allocate
 from reid_models.pruning.criteria import L1Norm, build_criterion
@@ -199,6 +199,16 @@ class ScenarioRun:
             self._images[domain] = training_images(splits, data, self.settings.adapt.train.augment)
         return self._images[domain]
 
+    def validation_images(self) -> ImageSet:
+        """The target's validation identities (query and gallery), plain view: where unsupervised
+        rounds measure their clustering against true identities (never the training labels)."""
+        if "target_val" not in self._images:
+            data = self.settings.data
+            query, gallery = load_domain(data.target, data, check_images=False).evaluation_split("val")
+            self._images["target_val"] = ImageSet.from_items(query + gallery, data.height, data.width,
+                                                             test_transform(), progress=False)
+        return self._images["target_val"]
+
     def prune_settings(self, epochs: int) -> PruneSettings:
         prune = self.settings.prune
         finetune = prune.finetune.model_copy(update={"epochs": epochs, "warmup_epochs": 0,
@@ -354,7 +364,7 @@ class ScenarioRun:
                 history = adapt_unsupervised(
                     model, target, self.adapt_recipe(stop - first), cluster, settings.adapt.epochs_per_round,
                     self.device, seed=self.scenario.seed + 1000 * first, on_round=self.on_round,
-                    true_pids=target.labels.numpy(), on_labels=on_labels, checkpoint_dir=step_dir,
+                    validation=self.validation_images(), on_labels=on_labels, checkpoint_dir=step_dir,
                     memory=MemorySettings(**settings.adapt.memory.model_dump()) if settings.adapt.head == "memory"
                     else None, label_model=teacher.model if teacher and self.teacher_labels() else None,
                     mean_teacher=settings.adapt.mean_teacher, **options)

@@ -293,3 +293,27 @@ def test_unsupervised_rounds_train_with_camera_proxies(tiny_domains):
         train_module.train_model = saved
     assert isinstance(model.classifier, CameraProxyMemory) and len(history) == 2
     assert all(np.isfinite(record["camera_intra"]) and np.isfinite(record["camera_inter"]) for record in terms)
+
+
+def test_rounds_measure_their_clustering_on_held_out_identities_only(tiny_domains):
+    """The per-round adjusted Rand index is computed on validation identities, clustered with the
+    round's features; without `true_pids` no training label is read at all."""
+    from reid_models.adapt import adapt_unsupervised
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, test_transform, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import ReIDNet
+
+    splits = read_market1501(tiny_domains["target"])
+    images = ImageSet.from_items(splits.train, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    images.labels = torch.full_like(images.labels, -7)  # no identities here: nothing the rounds could use
+    held_out = ImageSet.from_items(splits.query + splits.gallery, 64, 32, test_transform(), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    recipe = FinetuneSettings(epochs=2, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    history = adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
+                                 epochs_per_round=1, device=torch.device("cpu"), validation=held_out, progress=False)
+    assert len(history) == 2
+    for report in history:
+        assert "adjusted_rand_index" not in report  # no training truth given
+        assert -1.0 <= report["val_adjusted_rand_index"] <= 1.0 and report["val_clusters"] >= 0
