@@ -13,6 +13,21 @@ def camera_biased_features(n=1500, ids=100, cameras=5, dim=64, bias=1.5, seed=0)
     return torch.tensor(features, dtype=torch.float32), torch.tensor(camids), pids
 
 
+
+def tiny_adaptation(tiny_domains, epochs: int):
+    """The tiny target's augmented training images, an OSNet x0.25 (seeded) and a 2 x 2 recipe."""
+    from reid_models.config import FinetuneSettings
+    from reid_models.data.loading import ImageSet, train_transform
+    from reid_models.data.readers import read_market1501
+    from reid_models.models import ReIDNet
+
+    items = read_market1501(tiny_domains["target"]).train
+    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", num_classes=3)
+    return images, model, FinetuneSettings(epochs=epochs, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+
+
 def test_camera_centring_removes_each_cameras_mean():
     features, camids, _ = camera_biased_features()
     centred = camera_centred(features, camids)
@@ -43,16 +58,8 @@ def test_jaccard_graph_is_sparse_symmetric_and_bounded():
 
 def test_unsupervised_rounds_train_on_pseudo_labels(tiny_domains):
     from reid_models.adapt import adapt_unsupervised
-    from reid_models.config import FinetuneSettings
-    from reid_models.data.loading import ImageSet, train_transform
-    from reid_models.data.readers import read_market1501
-    from reid_models.models import ReIDNet
 
-    items = read_market1501(tiny_domains["target"]).train
-    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
-    torch.manual_seed(0)
-    model = ReIDNet("osnet_x0_25", num_classes=3)
-    recipe = FinetuneSettings(epochs=3, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    images, model, recipe = tiny_adaptation(tiny_domains, epochs=3)
     reports, hooked = [], []
     history = adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
                                  epochs_per_round=2, device=torch.device("cpu"), on_round=reports.append,
@@ -114,10 +121,7 @@ def test_label_free_eps_is_a_quantile_of_neighbour_distances_and_never_sees_labe
 
 def test_per_epoch_reclustering_and_the_memory_head(tiny_domains, monkeypatch):
     from reid_models import adapt
-    from reid_models.config import FinetuneSettings
-    from reid_models.data.loading import ImageSet, train_transform
-    from reid_models.data.readers import read_market1501
-    from reid_models.models import ClusterMemory, ReIDNet
+    from reid_models.models import ClusterMemory
 
     memories = []
 
@@ -132,11 +136,7 @@ def test_per_epoch_reclustering_and_the_memory_head(tiny_domains, monkeypatch):
             self.updates += 1
 
     monkeypatch.setattr(adapt, "ClusterMemory", RecordedMemory)
-    items = read_market1501(tiny_domains["target"]).train
-    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
-    torch.manual_seed(0)
-    model = ReIDNet("osnet_x0_25", num_classes=3)
-    recipe = FinetuneSettings(epochs=3, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    images, model, recipe = tiny_adaptation(tiny_domains, epochs=3)
     history = adapt.adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
                                        epochs_per_round=1, device=torch.device("cpu"), progress=False,
                                        memory=adapt.MemorySettings(temperature=0.05, momentum=0.2))
@@ -192,15 +192,8 @@ def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains,
 
     from reid_models import adapt
     from reid_models import features as features_module
-    from reid_models.config import FinetuneSettings
-    from reid_models.data.loading import ImageSet, train_transform
-    from reid_models.data.readers import read_market1501
-    from reid_models.models import ReIDNet
 
-    items = read_market1501(tiny_domains["target"]).train
-    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
-    torch.manual_seed(0)
-    model = ReIDNet("osnet_x0_25", num_classes=3)
+    images, model, recipe = tiny_adaptation(tiny_domains, epochs=2)
     start = copy.deepcopy(model.state_dict())
     clustered = []
     extract = features_module.extract_features
@@ -210,7 +203,6 @@ def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains,
         return extract(network, *args, **kwargs)
 
     monkeypatch.setattr(features_module, "extract_features", spy)
-    recipe = FinetuneSettings(epochs=2, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
     history = adapt.adapt_unsupervised(model, images, recipe, ClusterSettings(k1=4, k2=2, eps=0.5, min_samples=2),
                                        epochs_per_round=1, device=torch.device("cpu"), progress=False,
                                        mean_teacher=0.9)
@@ -264,17 +256,10 @@ def test_camera_terms_pull_a_feature_to_its_own_proxies_and_update_only_them():
 
 def test_unsupervised_rounds_train_with_camera_proxies(tiny_domains):
     from reid_models import adapt
-    from reid_models.config import FinetuneSettings
-    from reid_models.data.loading import ImageSet, train_transform
-    from reid_models.data.readers import read_market1501
-    from reid_models.models import CameraProxyMemory, ReIDNet
+    from reid_models.models import CameraProxyMemory
     from reid_models.train import train_model
 
-    items = read_market1501(tiny_domains["target"]).train
-    images = ImageSet.from_items(items, 64, 32, train_transform(64, 32, True, 2, 0.0), progress=False)
-    torch.manual_seed(0)
-    model = ReIDNet("osnet_x0_25", num_classes=3)
-    recipe = FinetuneSettings(epochs=2, ids_per_batch=2, images_per_id=2, batches_per_epoch=2)
+    images, model, recipe = tiny_adaptation(tiny_domains, epochs=2)
     terms = []
     import reid_models.train as train_module
 

@@ -118,35 +118,30 @@ def test_clustering_20000_images_stays_under_2_gb():
     assert ari > 0.9  # and it still finds the identities
 
 
-def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_the_run(tmp_path):
-    from reid_models.config import load_settings
-    from reid_models.scenarios import Scenario, fingerprint
+def fingerprints(tmp_path, scenario: Scenario):
+    """The fingerprint of `scenario` under the quick profile with some overrides, from one start."""
+    from reid_models.scenarios import fingerprint
 
     start = tmp_path / "model.pt"
     start.write_bytes(b"weights")
-    scenario = Scenario("adapt_only", "none", 0.0, "unsupervised", 0)
+    return lambda *overrides: fingerprint(scenario, load_settings(PARAMS, "quick", list(overrides)), start)
 
-    def print_of(*overrides: str) -> str:
-        return fingerprint(scenario, load_settings(PARAMS, "quick", list(overrides)), start)
 
+def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_the_run(tmp_path):
+    print_of = fingerprints(tmp_path, Scenario("adapt_only", "none", 0.0, "unsupervised", 0))
     plain = print_of()
     assert print_of("adapt.memory.temperature=0.1") == plain  # the classifier head never reads the memory's
     assert print_of("adapt.head=memory") != plain
     assert print_of("adapt.head=memory", "adapt.memory.temperature=0.1") != print_of("adapt.head=memory")
     assert print_of("adapt.cluster.eps_quantile=0.3") != plain
+    assert print_of("adapt.mean_teacher=0.95") != plain and print_of("adapt.pseudo_labels=teacher") != plain
+    memory = print_of("adapt.head=memory")
+    assert print_of("adapt.head=memory", "adapt.memory.camera_weight=1.0") == memory  # proxies off: unread
+    assert print_of("adapt.head=memory", "adapt.memory.camera_proxies=true") != memory
 
 
 def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_latency(tmp_path):
-    from reid_models.config import load_settings
-    from reid_models.scenarios import Scenario, fingerprint
-
-    start = tmp_path / "model.pt"
-    start.write_bytes(b"weights")
-    scenario = Scenario("prune_during", "plfp", 0.5, "supervised", 0)
-
-    def print_of(*overrides: str) -> str:
-        return fingerprint(scenario, load_settings(PARAMS, "quick", list(overrides)), start)
-
+    print_of = fingerprints(tmp_path, Scenario("prune_during", "plfp", 0.5, "supervised", 0))
     plain = print_of()
     assert print_of("prune.latency_threads=4") == plain  # a FLOPs budget never reads the table
     assert print_of("prune.budget=latency") != plain
