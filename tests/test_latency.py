@@ -131,3 +131,10 @@ def test_a_timing_far_from_the_table_is_not_followed(resnet_and_table, monkeypat
     criterion = build_criterion("l1", 3)
     assert allocate(model, groups, criterion, 0.4, H, W, latency=table, corrections=2) == \
         allocate(model, groups, criterion, 0.4, H, W, latency=table, corrections=0)
+
+
+def test_timing_leaves_a_training_network_as_it_was(resnet_and_table):
+    model, _ = resnet_and_table
+    training = copy.deepcopy(model).train()
+    latency.measured_reduction(training, copy.deepcopy(model), H, W, threads=1, runtime="onnxruntime", rounds=1)
+    assert training.training  # export and folding work on copies: mode (and device) untouched

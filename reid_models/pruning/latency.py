@@ -152,14 +152,16 @@ def _conv_runner(shape: ConvShape, kept_in: int, kept_out: int, batch: int, runt
 
 def _network_runner(network: nn.Module, height: int, width: int, batch: int, runtime: str, threads: int,
                     scratch: Path) -> Callable[[], object]:
-    """One forward of a whole network, BatchNorm folded (or exported, which folds it)."""
+    """One forward of a whole network, BatchNorm folded (or exported, which folds it), on a CPU
+    copy: the network itself may be training, on another device."""
+    network = copy.deepcopy(network).cpu().eval()
     images = torch.randn(batch, 3, height, width)
     if runtime != "torch":
         from reid_models.export import export_onnx
 
         path = export_onnx(network, scratch / f"network-{id(network)}.onnx", height, width, {})
         return _onnx_runner(path, runtime, threads, images)
-    folded = fold_batchnorm(network.cpu(), height, width).to(memory_format=torch.channels_last).eval()
+    folded = fold_batchnorm(network, height, width).to(memory_format=torch.channels_last).eval()
     images = images.contiguous(memory_format=torch.channels_last)
     return lambda: folded(images)
 
