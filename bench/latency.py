@@ -1,6 +1,7 @@
 """Budgets in measured latency: does `prune.budget: latency` land where it aims on this CPU?
 
-    python -m bench.latency --checkpoint outputs/full/pretrain/source/model.pt --json docs/bench/latency.json
+    python -m bench.latency --checkpoint outputs/full/pretrain/model.pt --json docs/bench/latency.json
+    python -m bench.latency --time UNPRUNED.pt PRUNED.pt ... --json docs/bench/latency_trained.json
 
 Measures the latency table (`reid_models/pruning/latency.py`) afresh and times it, then prunes the
 network one-shot (speed depends on shapes only; the criterion's scores, so a trained checkpoint,
@@ -40,13 +41,36 @@ BUDGETS = {"flops": {"budget": "flops"},
            "latency": {"budget": "latency", "latency_corrections": 2}}
 
 
+def load(checkpoint: Path) -> ReIDNet:
+    from reid_models.checkpoint import load_checkpoint
+    from reid_models.stages import model_from_payload
+    return model_from_payload(load_checkpoint(checkpoint), str(checkpoint)).cpu().eval()
+
+
 def base_model(args) -> ReIDNet:
     if args.checkpoint is None:
         torch.manual_seed(0)
         return ReIDNet(args.model, num_classes=10).eval()
-    from reid_models.checkpoint import load_checkpoint
-    from reid_models.stages import model_from_payload
-    return model_from_payload(load_checkpoint(args.checkpoint), str(args.checkpoint)).cpu().eval()
+    return load(args.checkpoint)
+
+
+def time_checkpoints(args) -> list[dict]:
+    """`--time A.pt B.pt ...`: trained models timed alternately in `--runtime`; cuts against the first."""
+    models = [load(path) for path in args.time]
+    batch1 = latency.time_networks(models, args.height, args.width, args.threads, 1, args.runtime, args.rounds)
+    batch32 = latency.time_networks(models, args.height, args.width, args.threads, 32, args.runtime,
+                                    max(5, args.rounds // 3))
+    base_flops = count_flops(models[0], args.height, args.width)
+    rows = []
+    for path, model, one, many in zip(args.time, models, batch1, batch32):
+        rows.append({"checkpoint": str(path), "runtime": args.runtime, "threads": args.threads,
+                     "flops_reduction": 1 - count_flops(model, args.height, args.width) / base_flops,
+                     "latency_ms": 1000 * one, "measured_latency_reduction": 1 - one / batch1[0],
+                     "throughput_ips": 32 / many, "throughput_ratio_b32": batch32[0] / many})
+        row = rows[-1]
+        print(f"{path}: FLOPs -{100 * row['flops_reduction']:.1f}%, {1000 * one:.2f} ms "
+              f"(-{100 * row['measured_latency_reduction']:.1f}%), batch 32 x{row['throughput_ratio_b32']:.2f}")
+    return rows
 
 
 def main() -> None:
@@ -61,14 +85,24 @@ def main() -> None:
     parser.add_argument("--runtime", default="torch", choices=latency.RUNTIMES, help="the table's and the timing's")
     parser.add_argument("--round-channels", type=int, default=1, help="prune.round_channels of every variant")
     parser.add_argument("--rounds", type=int, default=30, help="timing rounds at batch 1 (a third at batch 32)")
+    parser.add_argument("--time", type=Path, nargs="+", help="only time these model.pt files (against the first)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"--checkpoint: {args.checkpoint} not found (a model.pt, e.g. the source model of "
                      "`make run`: outputs/pretrain/model.pt)")
+    for path in args.time or []:
+        if not path.is_file():
+            parser.error(f"--time: {path} not found")
     targets = [float(t) for t in args.targets.split(",")]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    if args.time:
+        rows = time_checkpoints(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
     height, width = args.height, args.width
 
     model = base_model(args)
