@@ -150,7 +150,9 @@ class CameraProxyMemory(ClusterMemory):
         return super().forward(embedding)
 
     def camera_terms(self, labels: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = nn.functional.normalize(self._embedding, dim=1)
+        # Taken, not kept: a module holding a tensor of the autograd graph cannot be deep-copied.
+        embedding, self._embedding = self._embedding, None
+        features = nn.functional.normalize(embedding, dim=1)
         logits = features @ self.proxies.t() / self.temperature  # batch x proxies
         own = torch.tensor([self.index[(int(l), int(c))] for l, c in zip(labels.tolist(), cameras.tolist())],
                            device=logits.device)

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import torch
 
@@ -188,7 +190,6 @@ def test_memory_bank_for_20000_images_stays_small():
 def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains, monkeypatch):
     """adapt.mean_teacher: every round clusters the features of one EMA copy of the adapting
     model, kept across rounds, whose weights move after the student's steps but stay apart."""
-    import copy
 
     from reid_models import adapt
     from reid_models import features as features_module
@@ -238,7 +239,7 @@ def test_camera_terms_pull_a_feature_to_its_own_proxies_and_update_only_them():
 
     def terms_at(feature):
         embedding = feature.clone().requires_grad_(True)
-        memory(embedding)
+        memory(embedding * 1.0)  # as in a network: the head sees a tensor of the autograd graph
         terms = memory.camera_terms(labels, cameras)
         terms["camera"].backward()
         return terms, embedding.grad
@@ -252,6 +253,7 @@ def test_camera_terms_pull_a_feature_to_its_own_proxies_and_update_only_them():
     moved = (memory.proxies - before).abs().sum(1) > 0
     assert moved.tolist() == [True, False, False, False]  # identity 0's camera-0 proxy only
     assert torch.allclose(memory.proxies.norm(dim=1), torch.ones(4))
+    copy.deepcopy(memory)  # after a training step the head copies (BatchNorm folding, teachers copy models)
 
 
 def test_unsupervised_rounds_train_with_camera_proxies(tiny_domains):
