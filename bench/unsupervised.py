@@ -130,7 +130,9 @@ def main() -> None:
               f"rank-1 spread {share['rank1_spread_points']:.1f} points)")
     for record in records:
         if record["metric"] == "rank1":
-            print(f"[{record['split']}] {format_comparison({**record, 'split': None, 'flops_reduction': args.reduction})}")
+            pruned = record["comparison"].startswith("prune")  # adapt_only ablations remove no FLOPs
+            print(f"[{record['split']}] "
+                  f"{format_comparison({**record, 'split': None, 'flops_reduction': args.reduction if pruned else 0})}")
 
 
 if __name__ == "__main__":
