@@ -32,6 +32,7 @@ from reid_models.models import ReIDNet
 from reid_models.pruning import latency
 from reid_models.pruning.criteria import build_criterion
 from reid_models.pruning.prune import prune_model
+from reid_models.stages import load_model
 
 
 # The same reduction as a share of FLOPs, of the table's predicted latency, and of measured
@@ -41,22 +42,16 @@ BUDGETS = {"flops": {"budget": "flops"},
            "latency": {"budget": "latency", "latency_corrections": 2}}
 
 
-def load(checkpoint: Path) -> ReIDNet:
-    from reid_models.checkpoint import load_checkpoint
-    from reid_models.stages import model_from_payload
-    return model_from_payload(load_checkpoint(checkpoint), str(checkpoint)).cpu().eval()
-
-
 def base_model(args) -> ReIDNet:
     if args.checkpoint is None:
         torch.manual_seed(0)
         return ReIDNet(args.model, num_classes=10).eval()
-    return load(args.checkpoint)
+    return load_model(args.checkpoint).cpu().eval()
 
 
 def time_checkpoints(args) -> list[dict]:
     """`--time A.pt B.pt ...`: trained models timed alternately in `--runtime`; cuts against the first."""
-    models = [load(path) for path in args.time]
+    models = [load_model(path).cpu().eval() for path in args.time]
     batch1 = latency.time_networks(models, args.height, args.width, args.threads, 1, args.runtime, args.rounds)
     batch32 = latency.time_networks(models, args.height, args.width, args.threads, 32, args.runtime,
                                     max(5, args.rounds // 3))

@@ -137,6 +137,14 @@ def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: Cluste
     return DBSCAN(eps=eps, min_samples=settings.min_samples, metric="precomputed").fit_predict(graph)
 
 
+def pseudo_labelled(images, labels: np.ndarray):
+    """The images of `images` (an ImageSet) that got a pseudo-identity, labelled with it (outliers, -1, left out)."""
+    from reid_models.data.loading import ImageSet
+
+    kept = torch.from_numpy(labels >= 0)
+    return ImageSet(images.images[kept], torch.from_numpy(labels[labels >= 0]), images.camids[kept], images.transform)
+
+
 def cluster_centroids(features: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     """Mean unit-length feature of each pseudo-identity (outliers, -1, left out): the memory's start."""
     kept = torch.from_numpy(labels >= 0)
@@ -255,13 +263,11 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
             described = describe_clusters(held_out, validation.labels.numpy())
             report.update(val_clusters=described["clusters"], val_outlier_share=described["outlier_share"],
                           val_adjusted_rand_index=described.get("adjusted_rand_index", 0.0))
-        kept = torch.from_numpy(labels >= 0)
         if report["clusters"] < max(2, recipe.ids_per_batch):
             raise ValueError(f"round {round_index}: clustering found {report['clusters']} pseudo-identities, fewer "
                              f"than a batch's {recipe.ids_per_batch}; raise adapt.cluster.eps or lower "
                              "adapt.cluster.min_samples")
-        subset = ImageSet(target_train.images[kept], torch.from_numpy(labels[labels >= 0]),
-                          target_train.camids[kept], target_train.transform)
+        subset = pseudo_labelled(target_train, labels)
         if on_labels:
             on_labels(subset)
         round_recipe = recipe.model_copy(update={"epochs": epochs})

@@ -234,7 +234,7 @@ def qat_training_set(model: ReIDNet, payload: dict, settings):
     """What quantisation-aware fine-tuning trains on: the training split of the model's domain,
     with its labels -- or, for a model adapted without target labels, with pseudo-labels from
     the model's own features (as its adaptation made them), outliers left out."""
-    from reid_models.adapt import ClusterSettings, pseudo_labels
+    from reid_models.adapt import ClusterSettings, pseudo_labelled, pseudo_labels
     from reid_models.data.loading import ImageSet
     from reid_models.features import extract_features
     from reid_models.stages import load_domain, training_images
@@ -247,8 +247,7 @@ def qat_training_set(model: ReIDNet, payload: dict, settings):
     plain = ImageSet(train.images, train.labels, train.camids, test_transform())
     labels = pseudo_labels(extract_features(model, plain, torch.device("cpu")), train.camids,
                            ClusterSettings(**settings.adapt.cluster.model_dump()))
-    kept = torch.from_numpy(labels >= 0)
-    return ImageSet(train.images[kept], torch.from_numpy(labels[labels >= 0]), train.camids[kept], train.transform)
+    return pseudo_labelled(train, labels)
 
 
 SHIPPED_FILE = "shipped.json"

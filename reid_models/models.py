@@ -113,9 +113,10 @@ class ClusterMemory(nn.Linear):
         return nn.functional.normalize(embedding, dim=1) @ self.weight.t() / self.temperature
 
     @torch.no_grad()
-    def update(self, labels: torch.Tensor) -> None:
+    def update(self, labels: torch.Tensor, cameras: torch.Tensor | None = None) -> None:
         """Centroid of each sample of the last forward <- momentum x centroid + (1 - momentum) x
-        feature, renormalised; one sample at a time, in batch order, as Cluster-Contrast does."""
+        feature, renormalised; one sample at a time, in batch order, as Cluster-Contrast does.
+        (`cameras` is for the camera-proxy head; the plain memory has no use for them.)"""
         features = nn.functional.normalize(self._last_embedding, dim=1)
         for feature, label in zip(features, labels.tolist()):
             centroid = self.momentum * self.weight[label] + (1 - self.momentum) * feature

@@ -157,10 +157,8 @@ def train_model(
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            if isinstance(model.classifier, CameraProxyMemory):
+            if isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
                 model.classifier.update(labels, cameras)
-            elif isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
-                model.classifier.update(labels)
             if teacher is not None:
                 teacher.follow(model)
             n = len(labels)

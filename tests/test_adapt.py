@@ -133,8 +133,8 @@ def test_per_epoch_reclustering_and_the_memory_head(tiny_domains, monkeypatch):
             self.start, self.updates = self.weight.clone(), 0
             memories.append(self)
 
-        def update(self, labels):
-            super().update(labels)
+        def update(self, labels, cameras=None):
+            super().update(labels, cameras)
             self.updates += 1
 
     monkeypatch.setattr(adapt, "ClusterMemory", RecordedMemory)

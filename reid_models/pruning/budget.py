@@ -41,11 +41,6 @@ def network_after_removal(model: ReIDNet, counts: Counts, height: int, width: in
     return trial
 
 
-def flops_after_removal(model: ReIDNet, counts: Counts, height: int, width: int, prune_embedding: bool) -> int:
-    """FLOPs of `model` with `counts[group]` channels removed from each group."""
-    return count_flops(network_after_removal(model, counts, height, width, prune_embedding), height, width)
-
-
 def _max_removable(group: FilterGroup, layer_cap: float, multiple: int) -> int:
     keep = max(1, group.channels - int(layer_cap * group.channels))
     keep = -(-keep // multiple) * multiple  # round the kept count up to the multiple
