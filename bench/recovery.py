@@ -189,6 +189,14 @@ def compare_pairs(rows: list[dict], pairs: list[tuple[str, str, str, str]], n_bo
     return records
 
 
+def print_comparisons(records: list[dict], flops_reduction: float) -> None:
+    """The rank-1 rows of `compare_pairs`' records, one line each, split first."""
+    for record in records:
+        if record["metric"] == "rank1":
+            shown = {**record, "split": None, "flops_reduction": flops_reduction}
+            print(f"[{record['split']}] {format_comparison(shown)}")
+
+
 def run_seeds(args, plan: list[Run], variants: dict[str, list[str]] = VARIANTS) -> list[dict]:
     """`plan` for each of `args.seeds` (every variant's settings checked first, before any training);
     the rows so far written to `args.json` after each seed."""
@@ -232,9 +240,7 @@ def main() -> None:
         print(f"{r['label']:>24} {r['adaptation']:>12} {r['seed']:>4} {r['flops'] / 1e9:>7.3f} "
               f"{r['train_gflops']:>8.0f} {100 * r['rank1']:>6.1f} {100 * r.get('val_rank1', float('nan')):>6.1f} "
               f"{100 * r['mAP']:>6.1f}")
-    for record in records:
-        if record["metric"] == "rank1":
-            print(f"[{record['split']}] {format_comparison({**record, 'split': None, 'flops_reduction': args.reduction})}")
+    print_comparisons(records, args.reduction)
 
 
 if __name__ == "__main__":

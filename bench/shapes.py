@@ -18,10 +18,9 @@ import json
 import logging
 from pathlib import Path
 
-from bench.recovery import Run, compare_pairs, run_seeds
+from bench.recovery import Run, compare_pairs, print_comparisons, run_seeds
 from bench.scenarios import comparisons_path
 from bench.settings_cli import settings_parser
-from reid_models.stats import format_comparison
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -54,9 +53,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['label']:>24} {r['seed']:>4} {100 * r['rank1']:>6.1f} {100 * r.get('val_rank1', float('nan')):>6.1f} "
               f"{r['flops'] / 1e9:>7.3f} {r.get('latency_ms', float('nan')):>6.2f}")
-    for record in records:
-        if record["metric"] == "rank1":
-            print(f"[{record['split']}] {format_comparison({**record, 'split': None, 'flops_reduction': args.reduction})}")
+    print_comparisons(records, args.reduction)
 
 
 if __name__ == "__main__":
