@@ -39,6 +39,13 @@ def target_features(settings) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     return features, images.camids, np.array([pid for _, pid, _ in items])
 
 
+def resolved_eps(features: torch.Tensor, camids: torch.Tensor, chosen: ClusterSettings) -> float:
+    """The radius `eps_quantile` picks for these features (what `pseudo_labels` clusters at)."""
+    from reid_models.adapt import label_free_eps, neighbour_graph
+
+    return label_free_eps(neighbour_graph(features, camids, chosen), chosen.eps_quantile)
+
+
 def large_scale(n: int = 20_000) -> dict:
     rng = np.random.default_rng(0)
     ids = n // 10
@@ -59,6 +66,8 @@ def main() -> None:
     parser.add_argument("--profile", default="full", choices=["quick", "default", "full"])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--eps", default="0.3,0.4,0.5,0.6")
+    parser.add_argument("--eps-quantiles", default="0.01,0.02,0.05,0.1,0.2",
+                        help="label-free thresholds: quantiles of the neighbour distances")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     settings = load_settings(args.params, args.profile)
@@ -74,6 +83,18 @@ def main() -> None:
             r = rows[-1]
             print(f"eps {eps:.2f} camera-aware {aware!s:>5}: {r['clusters']:4d} clusters, "
                   f"{100 * r['outlier_share']:.0f}% outliers, ARI {r['adjusted_rand_index']:.3f}")
+    # The label-free threshold (`adapt.cluster.eps_quantile`): eps is a quantile of the round's own
+    # neighbour distances, so it follows the features as they sharpen; the quantile is what the
+    # validation identities choose here.
+    for quantile in (float(q) for q in args.eps_quantiles.split(",") if q):
+        chosen = ClusterSettings(k1=cluster.k1, k2=cluster.k2, min_samples=cluster.min_samples, camera_aware=True,
+                                 eps_quantile=quantile)
+        rows.append({"eps_quantile": quantile, "eps": resolved_eps(features, camids, chosen), "camera_aware": True,
+                     "images": len(pids), "true_ids": len(set(pids)),
+                     **describe_clusters(pseudo_labels(features, camids, chosen), pids)})
+        r = rows[-1]
+        print(f"eps quantile {quantile:.2f} (eps {r['eps']:.3f}): {r['clusters']:4d} clusters, "
+              f"{100 * r['outlier_share']:.0f}% outliers, ARI {r['adjusted_rand_index']:.3f}")
     scale = large_scale()
     print(f"20,000 features: {scale['seconds']:.1f} s, process peak {scale['peak_rss_mb']:.0f} MB "
           f"(clustering added {scale['clustering_added_mb']:.0f} MB), "

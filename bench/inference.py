@@ -15,9 +15,11 @@ its median over rounds, so a change of machine speed during the run (another pro
 reaches every variant alike and the ratios between them stay fair.
 
 Shipping (`--checkpoints`): trained models (e.g. `make run`'s adapt_only and its best pruned
-model) as a serving program would get them: PyTorch (folded + channels_last), ONNX Runtime fp32
-and int8 (calibrated on training images of the model's domain): file size, latency, throughput,
-and rank-1 / mAP on the domain's test split, each runtime's own features.
+model) as a serving program would get them: PyTorch (folded + channels_last), ONNX Runtime fp32,
+int8 PTQ (calibrated on training images of the model's domain) and int8 QAT (`--qat-epochs` of
+quantisation-aware fine-tuning on the domain's training split first, then the same int8 export):
+file size, latency, throughput, and rank-1 / mAP on the domain's test split, each runtime's own
+features. PyTorch runs fp32 only: int8 is shipped for ONNX Runtime (RESULTS s.4).
 """
 
 from __future__ import annotations
@@ -126,6 +128,23 @@ def runtime_rows(args, scratch: Path) -> list[dict]:
     return list(rows.values())
 
 
+def quantization_aware_file(model, payload: dict, settings, args, folder: Path, calibration: torch.Tensor) -> Path:
+    """`model` after `--qat-epochs` of quantisation-aware fine-tuning (`ship.quantize: int8_qat`'s
+    recipe: the domain's training labels, or pseudo-labels for an unsupervised model), exported
+    and quantised like the PTQ file: the int8 QAT row."""
+    from reid_models.quantize import quantization_aware
+
+    model = copy.deepcopy(model)
+    train = exporting.qat_training_set(model, payload, settings)
+    if int(train.labels.max()) + 1 != model.classifier.out_features:  # pseudo-identities: a head of theirs
+        model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
+    model = quantization_aware(model, train, settings, args.qat_epochs, settings.ship.qat_lr_scale, settings.seed)
+    height, width = settings.data.height, settings.data.width
+    fp32 = exporting.export_onnx(model, folder / "model.qat.onnx", height, width, {})
+    return exporting.quantize_int8(fp32, folder / "model.qat.int8.onnx", exporting.normalise(calibration),
+                                   args.calibration_method)
+
+
 def shipping_rows(args, scratch: Path) -> list[dict]:
     """Each checkpoint under each runtime: size, speed, and accuracy on its domain's test split."""
     from reid_models.checkpoint import load_checkpoint
@@ -150,6 +169,9 @@ def shipping_rows(args, scratch: Path) -> list[dict]:
                                     size_on_disk(model)),
                    "onnxruntime_fp32": (Variant(exporting.OnnxModule(fp32, threads)), fp32.stat().st_size),
                    "onnxruntime_int8_ptq": (Variant(exporting.OnnxModule(int8, threads)), int8.stat().st_size)}
+        if args.qat_epochs:
+            qat = quantization_aware_file(model, payload, settings, args, folder, calibration)
+            shipped["onnxruntime_int8_qat"] = (Variant(exporting.OnnxModule(qat, threads)), qat.stat().st_size)
         splits = load_domain(getattr(settings.data, domain), settings.data, check_images=False)
         for runtime, (variant, size) in shipped.items():
             metrics = evaluate_model(variant.module, splits, settings.data, settings.evaluate, torch.device("cpu"))
@@ -159,7 +181,8 @@ def shipping_rows(args, scratch: Path) -> list[dict]:
                 "mflops": count_flops(model, height, width) / 1e6, "size_bytes": size,
                 "rank1": metrics["rank1"], "mAP": metrics["mAP"], "threads": threads,
                 "calibration": f"{args.calibration_images} {domain} training images, {args.calibration_method}"
-                if "int8" in runtime else None}
+                if "int8" in runtime else None,
+                "qat_epochs": args.qat_epochs if runtime.endswith("qat") else 0}
             logging.warning("%s %s: rank-1 %.1f mAP %.1f", checkpoint, runtime, 100 * metrics["rank1"],
                             100 * metrics["mAP"])
     for batch, key in ((1, "latency_ms"), (32, "throughput_ips")):
@@ -183,6 +206,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timing rounds at batch 1 (half at batch 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     parser.add_argument("--checkpoints", nargs="+", type=Path, help="trained model.pt files: the shipping table")
+    parser.add_argument("--qat-epochs", type=int, default=2,
+                        help="with --checkpoints: epochs of quantisation-aware fine-tuning for the int8 QAT row (0: none)")
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--calibration-method", default="minmax", choices=exporting.CALIBRATION_METHODS)
     parser.add_argument("--json", type=Path)

@@ -42,6 +42,9 @@ VARIANTS: dict[str, list[str]] = {
     "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1"],
     "mean_teacher": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.mean_teacher=0.95"],
     "memory_camera": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.camera_proxies=true"],
+    # the label-free radius: the quantile of each round's neighbour distances that gives eps 0.4 on
+    # the source model's validation features (bench.clustering), so round 1 clusters alike
+    "eps_quantile": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.cluster.eps_quantile=0.1"],
     # pruned runs: pseudo-labels from the unpruned teacher -- prune_during's mean teacher of the
     # adapting model, or the source model it started from (frozen)
     "teacher_labels": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.pseudo_labels=teacher",
@@ -67,6 +70,7 @@ PLAN: list[Run] = [
     _unsup("adapt_only_memory_per_epoch", "adapt_only", "memory_per_epoch", versus="adapt_only_memory"),
     _unsup("adapt_only_mean_teacher", "adapt_only", "mean_teacher", versus="adapt_only"),
     _unsup("adapt_only_memory_camera", "adapt_only", "memory_camera", versus="adapt_only_memory"),
+    _unsup("adapt_only_eps_quantile", "adapt_only", "eps_quantile", versus="adapt_only"),
     _unsup("prune_during", "prune_during", versus="adapt_only"),
     _unsup("prune_during_memory", "prune_during", "memory", versus="prune_during"),
     _unsup("prune_during_teacher_labels", "prune_during", "teacher_labels", versus="prune_during"),

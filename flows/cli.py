@@ -168,11 +168,38 @@ def _results_table(frame) -> Table:
     return table
 
 
+def _shipped_table(shipped) -> Table:
+    """With several `ship.quantize` choices: each final model as each shipped file (mean over seeds)."""
+    table = Table(title="As shipped: each final model under ONNX Runtime, per ship.quantize choice",
+                  caption="pytorch r1: the model before export; r1/mAP on the target test split; "
+                          "ms: batch-1 latency; img/s: batch-32 throughput")
+    keys = ["scenario", "criterion", "flops_reduction", "adaptation", "shipped_as"]
+    columns = ("scenario", "criterion", "FLOPs -", "adaptation", "shipped as", "pytorch r1", "r1", "mAP", "MB", "ms",
+               "img/s")
+    for column in columns:
+        text = column in ("scenario", "criterion", "adaptation", "shipped as")
+        table.add_column(column, justify="left" if text else "right", no_wrap=text)
+    means = shipped.groupby(keys, sort=False, as_index=False)[
+        ["pytorch_rank1", "shipped_rank1", "shipped_mAP", "shipped_mb", "shipped_latency_ms",
+         "shipped_throughput_ips"]].mean()
+    for row in means.itertuples():
+        table.add_row(row.scenario, row.criterion, f"{row.flops_reduction:g}", row.adaptation, row.shipped_as,
+                      f"{100 * row.pytorch_rank1:.1f}", f"{100 * row.shipped_rank1:.1f}",
+                      f"{100 * row.shipped_mAP:.1f}", f"{row.shipped_mb:.1f}", f"{row.shipped_latency_ms:.1f}",
+                      f"{row.shipped_throughput_ips:.0f}")
+    return table
+
+
 def _print_results(settings, paths: dict) -> None:
+    import pandas as pd
+
     from reid_models.report import load_results
     from tasks.tracking import ui_command, ui_url
 
     console.print(_results_table(load_results(Path(paths["csv"]).parent)))
+    shipped_csv = Path(paths["csv"]).with_name("shipped.csv")
+    if shipped_csv.is_file() and (shipped := pd.read_csv(shipped_csv))["shipped_as"].nunique() > 1:
+        console.print(_shipped_table(shipped))
     console.print(f"results: {paths['csv']}   plot: {paths['plot']}   summary: {paths['summary']}")
     console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open {ui_url(settings)}")
 

@@ -125,13 +125,18 @@ def label_free_eps(graph: sparse.csr_matrix, quantile: float) -> float:
     return float(np.quantile(distances, quantile))
 
 
-def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: ClusterSettings) -> np.ndarray:
-    """Cluster target features into pseudo-identities; -1 marks outliers (left out of training)."""
+def neighbour_graph(features: torch.Tensor, camids: torch.Tensor, settings: ClusterSettings) -> sparse.csr_matrix:
+    """The k-reciprocal Jaccard distances DBSCAN clusters (camera means removed first if camera-aware)."""
     if settings.camera_aware:
         features = camera_centred(features, camids)
     else:
         features = torch.nn.functional.normalize(features.float(), dim=1)
-    graph = jaccard_graph(features.numpy(), settings.k1, settings.k2)
+    return jaccard_graph(features.numpy(), settings.k1, settings.k2)
+
+
+def pseudo_labels(features: torch.Tensor, camids: torch.Tensor, settings: ClusterSettings) -> np.ndarray:
+    """Cluster target features into pseudo-identities; -1 marks outliers (left out of training)."""
+    graph = neighbour_graph(features, camids, settings)
     eps = settings.eps if settings.eps_quantile is None else label_free_eps(graph, settings.eps_quantile)
     # Pairs outside each other's k1 neighbourhoods are absent from the sparse graph, i.e. "far".
     return DBSCAN(eps=eps, min_samples=settings.min_samples, metric="precomputed").fit_predict(graph)

@@ -303,13 +303,24 @@ class ShipSettings(Section):
     """How each final model is shipped after the grid (reid_models.export): an ONNX file, int8 or not,
     scored and timed under ONNX Runtime for the report's `shipped_*` columns."""
 
-    quantize: Literal["none", "int8_ptq", "int8_qat"] = "int8_ptq"
+    # One or several: each final model is shipped once per choice (the report's shipped.csv has a row
+    # per model and choice); the first is the row's `shipped_*` columns, the plot's hollow marker and
+    # the registry version's files.
+    quantize: list[Literal["none", "int8_ptq", "int8_qat"]] = Field(["int8_ptq"], min_length=1)
     # int8_qat: quantisation-aware fine-tuning first (reid_models/quantize.py), on the model's training
     # domain: its labels, or for unsupervised scenarios pseudo-labels of the model's own features.
     qat_epochs: int = Field(2, ge=1)
     qat_lr_scale: float = Field(0.01, gt=0.0, le=1.0, description="x adapt.train.lr")
     calibration_images: int = Field(300, ge=1, description="training images of the model's domain, never test")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def one_or_several(cls, value):
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and len(set(value)) < len(value):
+            raise ValueError("name each choice at most once, e.g. [int8_ptq, none]")
+        return value
 
 
 class TrackingSettings(Section):

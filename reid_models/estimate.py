@@ -179,9 +179,12 @@ def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset())
         teacher = budget // 3 if settings.prune.distill and scenario.name in PRUNING_SCENARIOS else 0
         # Shipping runs after the grid, one model at a time; counted with its scenario, it is priced
         # in parallel with the others: some seconds too few on 2 workers.
-        shipping = EXPORT_IMAGES + len(target.query) + len(target.gallery) + (
-            settings.ship.calibration_images if settings.ship.quantize != "none" else 0)
-        pieces.append(Piece("scenarios", scenario.key, train_images=trains + scoring,
+        ship = settings.ship
+        shipping = sum(EXPORT_IMAGES + len(target.query) + len(target.gallery)
+                       + (ship.calibration_images if choice != "none" else 0) for choice in ship.quantize)
+        # int8_qat trains qat_epochs of the grid's epochs first (and may cluster its pseudo-labels)
+        qat = budget * ship.qat_epochs // settings.scenarios.epochs if "int8_qat" in ship.quantize else 0
+        pieces.append(Piece("scenarios", scenario.key, train_images=trains + scoring + qat,
                             extract_images=evaluation + clustering + teacher + shipping))
     return Plan(pieces, settings.orchestration.workers, speed, [s.key for s in grid], skipped)
 

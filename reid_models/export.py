@@ -253,25 +253,53 @@ def qat_training_set(model: ReIDNet, payload: dict, settings):
 SHIPPED_FILE = "shipped.json"
 
 
-def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
-    """A finished scenario's model.pt as it ships (`settings.ship`): exported (and quantised, after
-    quantisation-aware fine-tuning with `int8_qat`) into
-    out_dir/export, scored on the target test split and timed (batch 1 and 32) under ONNX Runtime
-    at `orchestration.torch_threads`. Returns the `shipped_*` fields of its report row, saved in
-    export/shipped.json and reused while model.pt and the ship settings are unchanged."""
+def ship_folder(out_dir: Path, quantize: str) -> Path:
+    """Where a scenario's model is shipped as `quantize` (none | int8_ptq | int8_qat)."""
+    return Path(out_dir) / "export" / quantize
+
+
+def ship_stamp(checkpoint: Path, settings, quantize: str) -> dict:
+    """What a shipped variant depends on: a saved one is reused while all of it is unchanged."""
+    ship = settings.ship
+    stamp = {"model_mtime_ns": checkpoint.stat().st_mtime_ns, "quantize": quantize,
+             "threads": settings.orchestration.torch_threads}
+    if quantize != "none":
+        stamp.update(calibration_images=ship.calibration_images, calibration_method=ship.calibration_method)
+    if quantize == "int8_qat":
+        stamp.update(qat_epochs=ship.qat_epochs, qat_lr_scale=ship.qat_lr_scale)
+    return stamp
+
+
+def saved_shipping(out_dir: Path, settings) -> list[dict]:
+    """The `shipped_*` fields of every `ship.quantize` choice already shipped and still current."""
+    checkpoint, found = Path(out_dir) / "model.pt", []
+    for quantize in settings.ship.quantize:
+        saved = ship_folder(out_dir, quantize) / SHIPPED_FILE
+        if checkpoint.is_file() and saved.is_file() and (
+                previous := json.loads(saved.read_text())).get("stamp") == ship_stamp(checkpoint, settings, quantize):
+            found.append(previous["fields"])
+    return found
+
+
+def ship_scenario(out_dir: Path, settings, quantize: str | None = None, check_images: int = 16) -> dict:
+    """A finished scenario's model.pt as it ships: exported (and quantised, after
+    quantisation-aware fine-tuning with `int8_qat`) into out_dir/export/<quantize>, scored on the
+    target test split and timed (batch 1 and 32) under ONNX Runtime at `orchestration.torch_threads`.
+    `quantize` defaults to the first of `ship.quantize`. Returns the `shipped_*` fields, saved in
+    the folder's shipped.json and reused while model.pt and the settings they depend on are unchanged."""
     from reid_models.checkpoint import load_checkpoint
     from reid_models.complexity import time_forward
     from reid_models.stages import evaluate_model, load_domain, model_from_payload
 
-    checkpoint, folder = out_dir / "model.pt", out_dir / "export"
-    stamp = {"model_mtime_ns": checkpoint.stat().st_mtime_ns, "ship": settings.ship.model_dump(mode="json"),
-             "threads": settings.orchestration.torch_threads}
+    quantize = quantize or settings.ship.quantize[0]
+    checkpoint, folder = out_dir / "model.pt", ship_folder(out_dir, quantize)
+    stamp = ship_stamp(checkpoint, settings, quantize)
     saved = folder / SHIPPED_FILE
     if saved.is_file() and (previous := json.loads(saved.read_text())).get("stamp") == stamp:
         return previous["fields"]
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))
-    if settings.ship.quantize == "int8_qat":
+    if quantize == "int8_qat":
         from reid_models.quantize import quantization_aware
 
         train = qat_training_set(model, payload, settings)
@@ -279,7 +307,7 @@ def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
             model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
         model = quantization_aware(model, train, settings, settings.ship.qat_epochs, settings.ship.qat_lr_scale,
                                    settings.seed)
-    int8 = settings.ship.quantize in ("int8_ptq", "int8_qat")
+    int8 = quantize in ("int8_ptq", "int8_qat")
     images = domain_training_images(payload, model_domain(payload), check_images
                                     + (settings.ship.calibration_images if int8 else 0), settings.seed)
     data = settings.data
@@ -289,7 +317,7 @@ def ship_scenario(out_dir: Path, settings, check_images: int = 16) -> dict:
     runtime = OnnxModule(shipped, settings.orchestration.torch_threads)
     target = load_domain(data.target, data, check_images=False)
     metrics = evaluate_model(runtime, target, data, settings.evaluate, torch.device("cpu"))
-    fields = {"shipped_as": f"onnx {settings.ship.quantize if int8 else 'fp32'}",
+    fields = {"shipped_as": f"onnx {quantize if int8 else 'fp32'}", "shipped_quantize": quantize,
               "shipped_rank1": metrics["rank1"], "shipped_mAP": metrics["mAP"],
               "shipped_size_bytes": report.files[shipped.name], "onnx_fp32_size_bytes": report.files["model.onnx"],
               "shipped_cosine_to_pytorch": report.checks[shipped.name]["real"]["mean_cosine"],

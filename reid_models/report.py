@@ -23,10 +23,26 @@ SHIPPED_COLUMNS = ["shipped_rank1", "shipped_mAP", "shipped_size_bytes", "shippe
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows).rename(columns={"name": "scenario"})
+    frame = pd.DataFrame([{k: v for k, v in row.items() if k != "shipped_variants"} for row in rows])
+    frame = frame.rename(columns={"name": "scenario"})
     frame["gflops"] = frame["flops"] / 1e9
     frame["params_m"] = frame["params"] / 1e6
     return frame.sort_values(["adaptation", "flops", "scenario"], ascending=[True, False, True], ignore_index=True)
+
+
+def shipped_frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per final model and `ship.quantize` choice (rows' `shipped_variants`): what each
+    shipped file scores and costs under ONNX Runtime, beside the PyTorch model's rank-1."""
+    keep = ["name", "criterion", "flops_reduction", "adaptation", "seed", "flops", "rank1", "mAP"]
+    records = [{**{k: row.get(k) for k in keep}, **variant}
+               for row in rows for variant in row.get("shipped_variants") or []]
+    if not records:
+        return pd.DataFrame()
+    frame = pd.DataFrame(records).rename(columns={"name": "scenario", "rank1": "pytorch_rank1", "mAP": "pytorch_mAP"})
+    frame["gflops"] = frame.pop("flops") / 1e9
+    frame["shipped_mb"] = frame["shipped_size_bytes"] / 1e6
+    return frame.sort_values(["adaptation", "gflops", "scenario", "seed"], ascending=[True, False, True, True],
+                             ignore_index=True)
 
 
 def pareto_front(frame: pd.DataFrame, cost: str = "flops", quality: str = "rank1") -> pd.Series:
@@ -133,15 +149,19 @@ def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> d
     if not intervals.empty:
         summary = summary.merge(intervals, on=SETTINGS_COLUMNS, how="left")
     comparisons = stats.scenario_comparisons(rows, per_query, n_boot=n_boot)
+    shipped = shipped_frame(rows)
     paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
              "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
-             "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv"}
+             "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv",
+             "shipped": out_dir / "shipped.csv"}
     contents = {"csv": lambda: frame.to_csv(index=False).encode(), "parquet": lambda: frame.to_parquet(index=False),
                 "summary": lambda: summary.to_csv(index=False).encode()}
-    if comparisons.empty:  # no per-query results: no comparisons, and none left from an earlier run
-        paths.pop("comparisons").unlink(missing_ok=True)
-    else:
-        contents["comparisons"] = lambda: comparisons.to_csv(index=False).encode()
+    # Optional tables: none without per-query results / shipped models, and none left from an earlier run.
+    for kind, table in (("comparisons", comparisons), ("shipped", shipped)):
+        if table.empty:
+            paths.pop(kind).unlink(missing_ok=True)
+        else:
+            contents[kind] = lambda table=table: table.to_csv(index=False).encode()
     for kind, content in contents.items():
         atomic_write(paths[kind], content())
     plot_flops_vs_rank1(frame, paths["plot"], intervals)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from reid_models import report as results
 from reid_models import scenarios
 from reid_models.config import Settings
-from reid_models.export import SHIPPED_FILE
+from reid_models.export import saved_shipping
 from tasks.stages import CACHED, transient
 from tasks.tracking import Tracker, register_model, set_best_aliases, tracked_run
 
@@ -45,9 +45,8 @@ def finished_rows(settings: Settings) -> list[dict]:
         path = scenarios_dir(settings) / scenario.key / "result.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the scenarios stage first (reid-prune stage scenarios)")
-        shipped = scenarios_dir(settings) / scenario.key / "export" / SHIPPED_FILE
-        fields = json.loads(shipped.read_text())["fields"] if shipped.is_file() else {}
-        rows.append({**json.loads(path.read_text()), **fields, "key": scenario.key})
+        rows.append(with_shipping(json.loads(path.read_text()), saved_shipping(path.parent, settings))
+                    | {"key": scenario.key})
     return rows
 
 
@@ -111,28 +110,43 @@ def outputs_present(settings: Settings, scenario: scenarios.Scenario) -> bool:
     return (scenarios_dir(settings) / scenario.key / "result.json").is_file()
 
 
+def with_shipping(row: dict, variants: list[dict]) -> dict:
+    """A report row with its shipped variants: the first (`ship.quantize`'s first choice) as the
+    row's `shipped_*` columns, all of them under `shipped_variants` (the report's shipped.csv)."""
+    return {**row, **(variants[0] if variants else {}), "shipped_variants": variants}
+
+
 @task(name="ship", task_run_name="ship-{scenario_key}", cache_policy=NO_CACHE)
 def ship(settings: Settings, row: dict, scenario_key: str, tracker: Tracker | None = None) -> dict:
-    """A finished scenario's model as it ships (reid_models.export.ship_scenario: ONNX, int8 per
-    `ship.quantize`, scored and timed under ONNX Runtime); its row gains the `shipped_*` fields.
-    With a tracker, its child run gets them as metrics and the files in its `model` folder (MLflow's
-    onnx flavour beside model.pt), so the registry version carries what a serving runtime loads.
-    Run after the grid, one model at a time: the exporter traces the network, which must not
-    happen beside a scenario still training."""
-    from reid_models.export import ship_scenario
+    """A finished scenario's model as it ships, once per `ship.quantize` choice
+    (reid_models.export.ship_scenario: ONNX, int8 or not, scored and timed under ONNX Runtime).
+    With a tracker, its child run gets each variant's figures as metrics (`ship.<choice>.*`; the
+    first choice also as `shipped_*`), the first choice's files in its `model` folder (MLflow's
+    onnx flavour beside model.pt, so the registry version carries what a serving runtime loads)
+    and the others' under `shipped/<choice>`. Run after the grid, one model at a time: the
+    exporter traces the network, which must not happen beside a scenario still training."""
+    from reid_models.export import ship_folder, ship_scenario
 
     limit_threads(settings)
     out_dir = scenarios_dir(settings) / scenario_key
-    fields = ship_scenario(out_dir, settings)
+    variants = [ship_scenario(out_dir, settings, quantize) for quantize in settings.ship.quantize]
     if tracker and row.get("run_id"):
         child = Tracker(tracker.client, row["run_id"])
-        child.metrics(fields)
+        child.metrics(variants[0])
+        for quantize, fields in zip(settings.ship.quantize, variants):
+            child.metrics({name.removeprefix("shipped_"): value for name, value in fields.items()
+                           if name.startswith("shipped_")}, prefix=f"ship.{quantize}.")  # numbers only
+        primary = ship_folder(out_dir, settings.ship.quantize[0])
         if not child.has_artifact("model/MLmodel"):  # a re-run that took this scenario from the cache has it
-            child.onnx_model(out_dir / "export" / "model.onnx", "model")
+            child.onnx_model(primary / "model.onnx", "model")
             for name in ("model.json", "model.int8.onnx"):
-                if (out_dir / "export" / name).is_file():
-                    child.artifact(out_dir / "export" / name, "model")
-    return {**row, **fields}
+                if (primary / name).is_file():
+                    child.artifact(primary / name, "model")
+        for quantize in settings.ship.quantize[1:]:
+            if not child.has_artifact(f"shipped/{quantize}/model.json"):
+                for path in sorted(ship_folder(out_dir, quantize).glob("model*")):
+                    child.artifact(path, f"shipped/{quantize}")
+    return with_shipping(row, variants)
 
 
 def ship_all(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> list[dict]:

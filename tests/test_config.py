@@ -48,6 +48,8 @@ def test_override_changes_one_key_and_parses_types():
         ("pretrain.label_smoothing=1.5", ["pretrain.label_smoothing", "1.5"]),
         ("pretrain.epochs=many", ["pretrain.epochs", "many", "integer"]),
         ("pretrain.epochz=3", ["pretrain.epochz", "unknown key"]),
+        ("ship.quantize=[none,none]", ["ship.quantize", "at most once"]),
+        ("ship.quantize=[int4]", ["ship.quantize", "int4", "int8_ptq"]),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(override, words):
@@ -57,6 +59,11 @@ def test_bad_values_name_key_value_and_what_is_allowed(override, words):
     assert "params.yaml" in message
     for word in words:
         assert word in message
+
+
+def test_ship_quantize_takes_one_choice_or_several():
+    assert load_settings(PARAMS, overrides=["ship.quantize=int8_qat"]).ship.quantize == ["int8_qat"]
+    assert load_settings(PARAMS, overrides=["ship.quantize=[int8_ptq,none]"]).ship.quantize == ["int8_ptq", "none"]
 
 
 def test_unknown_profile_lists_valid_ones():

@@ -52,6 +52,15 @@ def test_scenario_pieces_follow_the_training_budget(tiny_domains, tmp_path):
         pieces["adapt_only-none-0-supervised-seed0"].extract_images
 
 
+def test_each_shipping_choice_is_priced_and_qat_trains(tiny_domains, tmp_path):
+    one = {p.name: p for p in plan_run(quick_settings(tmp_path, tiny_domains), SPEED).pieces}
+    three = {p.name: p for p in plan_run(quick_settings(tmp_path, tiny_domains, "ship.quantize=[int8_ptq,none,int8_qat]"),
+                                         SPEED).pieces}
+    key = "adapt_only-none-0-supervised-seed0"
+    assert three[key].extract_images > one[key].extract_images  # two more exports, checks and scorings
+    assert three[key].train_images > one[key].train_images       # quantisation-aware fine-tuning
+
+
 def test_finished_pieces_are_not_priced_again(tiny_domains, tmp_path):
     settings = quick_settings(tmp_path, tiny_domains)
     full = plan_run(settings, SPEED)

@@ -39,7 +39,7 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     from reid_models.config import SCENARIO_NAMES
     from reid_models.scenarios import images_budget
 
-    overrides = quick_overrides(tmp_path, tiny_domains, *TINY)
+    overrides = quick_overrides(tmp_path, tiny_domains, *TINY, "ship.quantize=[int8_ptq,none]")
     result = prune_adapt(profile="quick", overrides=overrides, params=str(PARAMS))
     rows = {(r["name"], r["adaptation"]): r for r in result["rows"]}
 
@@ -98,6 +98,18 @@ def test_flow_runs_every_scenario_with_equal_budgets_and_tracks_them(prefect_har
     assert shipped["shipped_size_bytes"] < shipped["onnx_fp32_size_bytes"] and shipped["shipped_latency_ms"] > 0
     assert child.data.metrics["shipped_rank1"] == pytest.approx(shipped["shipped_rank1"])
     assert frame["shipped_rank1"].notna().all()
+    # ship.quantize's second choice (the fp32 ONNX file): a row per model and choice in shipped.csv,
+    # its own metrics and files in the child run; the fp32 file ranks as the PyTorch model does.
+    variants = pd.read_csv(report / "shipped.csv")
+    assert sorted(variants["shipped_as"].value_counts().items()) == [("onnx fp32", len(rows)), ("onnx int8_ptq", len(rows))]
+    fp32 = variants[variants["shipped_as"] == "onnx fp32"]
+    assert (fp32["shipped_size_bytes"] == fp32["onnx_fp32_size_bytes"]).all()
+    assert (fp32["shipped_rank1"] - fp32["pytorch_rank1"]).abs().mean() < 0.01
+    int8 = variants[variants["shipped_as"] == "onnx int8_ptq"]
+    assert (int8["shipped_size_bytes"] < int8["onnx_fp32_size_bytes"]).all()
+    assert child.data.metrics["ship.none.rank1"] == pytest.approx(float(
+        fp32[(fp32["scenario"] == "prune_during") & (fp32["adaptation"] == "supervised")]["shipped_rank1"].iloc[0]))
+    assert "shipped/none/model.onnx" in {a.path for a in client.list_artifacts(child.info.run_id, "shipped/none")}
     # The ONNX file is MLflow's onnx flavour and computes the PyTorch model's features.
     served = Path(client.download_artifacts(child.info.run_id, "model", str(tmp_path / "served")))
     assert "onnx" in yaml.safe_load((served / "MLmodel").read_text())["flavors"]
