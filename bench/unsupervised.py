@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1"],
     "mean_teacher": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.mean_teacher=0.95"],
     "memory_camera": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.camera_proxies=true"],
+    "memory_instances": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.outliers=instances"],
     # the label-free radius: the quantile of each round's neighbour distances that gives eps 0.4 on
     # the source model's validation features (bench.clustering), so round 1 clusters alike
     "eps_quantile": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.cluster.eps_quantile=0.1"],
@@ -71,6 +72,7 @@ PLAN: list[Run] = [
     _unsup("adapt_only_mean_teacher", "adapt_only", "mean_teacher", versus="adapt_only"),
     _unsup("adapt_only_memory_camera", "adapt_only", "memory_camera", versus="adapt_only_memory"),
     _unsup("adapt_only_eps_quantile", "adapt_only", "eps_quantile", versus="adapt_only"),
+    _unsup("adapt_only_memory_instances", "adapt_only", "memory_instances", versus="adapt_only_memory"),
     _unsup("prune_during", "prune_during", versus="adapt_only"),
     _unsup("prune_during_memory", "prune_during", "memory", versus="prune_during"),
     _unsup("prune_during_teacher_labels", "prune_during", "teacher_labels", versus="prune_during"),

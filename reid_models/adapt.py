@@ -150,6 +150,18 @@ def pseudo_labelled(images, labels: np.ndarray):
     return ImageSet(images.images[kept], torch.from_numpy(labels[labels >= 0]), images.camids[kept], images.transform)
 
 
+def memory_entries(features: torch.Tensor, labels: np.ndarray, outliers: str = "drop") -> torch.Tensor:
+    """The cluster memory's starting rows: each pseudo-identity's centroid, then with `outliers:
+    instances` each outlier's own unit feature, as SpCL's instance entries. Outliers are still no
+    training sample (no row is ever a target beyond the clusters'): their entries are negatives
+    that every sample is pushed away from, so an image no cluster took still shapes the space."""
+    centroids = cluster_centroids(features, labels)
+    if outliers == "drop":
+        return centroids
+    alone = torch.nn.functional.normalize(features[torch.from_numpy(labels < 0)].float(), dim=1)
+    return torch.cat([centroids, alone])
+
+
 def cluster_centroids(features: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
     """Mean unit-length feature of each pseudo-identity (outliers, -1, left out): the memory's start."""
     kept = torch.from_numpy(labels >= 0)
@@ -183,6 +195,7 @@ class MemorySettings:
     camera_proxies: bool = False
     camera_weight: float = 0.5
     camera_negatives: int = 50
+    outliers: str = "drop"  # or "instances": each outlier's feature is a memory entry too (`memory_entries`)
 
 
 def camera_proxies(features: torch.Tensor, labels: np.ndarray, camids: torch.Tensor
@@ -283,7 +296,7 @@ def adapt_unsupervised(model, target_train, recipe, cluster: ClusterSettings, ep
             device_of_model = next(model.parameters()).device
             # The memory lives in the student's feature space, whoever's features made the labels.
             own = features if label_model is None else extract_features(model, plain_view, device)
-            centroids = cluster_centroids(own, labels).to(device_of_model)
+            centroids = memory_entries(own, labels, memory.outliers).to(device_of_model)
             if memory.camera_proxies:
                 model.classifier = CameraProxyMemory(centroids, *camera_proxies(own, labels, target_train.camids),
                                                      memory.temperature, memory.momentum, memory.camera_negatives,

@@ -237,6 +237,8 @@ class MemorySettingsModel(Section):
     camera_proxies: bool = Field(False, description="CAP's intra- and inter-camera proxy terms beside the memory")
     camera_weight: float = Field(0.5, ge=0.0, description="x (intra + inter camera proxy terms)")
     camera_negatives: int = Field(50, ge=1, description="hardest other-identity proxies in the inter-camera term")
+    outliers: Literal["drop", "instances"] = Field("drop", description="images no cluster took: left out, or "
+                                                   "kept as one memory entry each (negatives only; SpCL)")
 
 
 class AdaptSettings(Section):

@@ -153,6 +153,44 @@ def test_per_epoch_reclustering_and_the_memory_head(tiny_domains, monkeypatch):
         assert torch.allclose(memory.weight.norm(dim=1), torch.ones(memory.out_features), atol=1e-5)
 
 
+def test_outliers_kept_as_instance_entries_are_negatives_never_targets(tiny_domains, monkeypatch):
+    """adapt.memory.outliers: instances -- every image no cluster took is a memory row of its own
+    (its unit feature), after the clusters' centroids; the training targets stay the clusters'."""
+    from reid_models import adapt, features as features_module
+    from reid_models.models import ClusterMemory
+
+    memories, extracted = [], []
+
+    class RecordedMemory(ClusterMemory):  # remembers where it started and what it was trained towards
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.start, self.targets = self.weight.clone(), []
+            memories.append(self)
+
+        def update(self, labels, cameras=None):
+            self.targets.append(labels.clone())
+            super().update(labels, cameras)
+
+    real_extract = features_module.extract_features
+    monkeypatch.setattr(adapt, "ClusterMemory", RecordedMemory)
+    monkeypatch.setattr(features_module, "extract_features",  # the features each round clusters
+                        lambda *a, **k: extracted.append(real_extract(*a, **k)) or extracted[-1])
+    images, model, recipe = tiny_adaptation(tiny_domains, epochs=2)
+    cluster = ClusterSettings(k1=4, k2=2, eps=0.3, min_samples=3)
+    history = adapt.adapt_unsupervised(model, images, recipe, cluster, epochs_per_round=1,
+                                       device=torch.device("cpu"), progress=False,
+                                       memory=adapt.MemorySettings(outliers="instances"))
+    outliers = [round(r["outlier_share"] * len(images)) for r in history]
+    assert sum(outliers) > 0, "the settings must leave outliers, or this checks nothing"
+    assert len(memories) == len(history) == len(extracted) == 2
+    for memory, report, alone, features in zip(memories, history, outliers, extracted):
+        assert memory.out_features == report["clusters"] + alone
+        labels = adapt.pseudo_labels(features, images.camids, cluster)
+        unit = torch.nn.functional.normalize(features[torch.from_numpy(labels < 0)].float(), dim=1)
+        assert torch.allclose(memory.start[report["clusters"]:], unit, atol=1e-6)
+        assert memory.targets and all(int(t.max()) < report["clusters"] for t in memory.targets)
+
+
 def test_memory_bank_for_20000_images_stays_small():
     """The cluster memory is one unit vector per pseudo-identity: starting it from 20,000 features
     in 10,000 clusters and training steps against it add well under 256 MB to the process's peak
