@@ -200,25 +200,31 @@ def run_on_target(profile: str, params: str, overrides: list[str], criteria: lis
 
 
 def target_comparisons(per_query: dict[tuple, dict], seeds: list[int], adaptation: str) -> list[dict]:
-    """Each criterion vs PLFP per allocation and reduction, paired over the seeds both have, rank-1
+    """Each criterion vs PLFP under each allocation and reduction (the criterion's effect), and each
+    criterion under one allocation vs another (the allocation's effect: what the criterion's own
+    global ranking buys over uniform or a shared ranking); paired over the seeds both have, rank-1
     and mAP on the target test and validation splits. `per_query`: (seed, allocation, criterion,
     reduction) -> {"test": ..., "val": ...} per-query results."""
-    records = []
     keys = {(a, c, r) for (_, a, c, r) in per_query}
-    for allocation, criterion, reduction in sorted(keys):
-        if criterion == REFERENCE_CRITERION or (allocation, REFERENCE_CRITERION, reduction) not in keys:
+    pairs = [(f"{criterion} vs {REFERENCE_CRITERION} ({allocation} allocation)", (allocation, criterion, reduction),
+              (allocation, REFERENCE_CRITERION, reduction), criterion, REFERENCE_CRITERION, allocation)
+             for allocation, criterion, reduction in sorted(keys) if criterion != REFERENCE_CRITERION]
+    order = list(ALLOCATIONS)
+    pairs += [(f"{criterion}: {a} vs {b} allocation", (a, criterion, reduction), (b, criterion, reduction),
+               a, b, f"{a} vs {b}")
+              for a, criterion, reduction in sorted(keys) for b in order[order.index(a) + 1:]]
+    records = []
+    for name, first, second, a, b, allocation in pairs:
+        if first not in keys or second not in keys:
             continue
-        both = [s for s in seeds if (s, allocation, criterion, reduction) in per_query
-                and (s, allocation, REFERENCE_CRITERION, reduction) in per_query]
+        both = [s for s in seeds if (s, *first) in per_query and (s, *second) in per_query]
         for split in ("test", "val"):
             for metric in ("rank1", "mAP"):
-                result = paired_difference(
-                    [per_query[(s, allocation, criterion, reduction)][split] for s in both],
-                    [per_query[(s, allocation, REFERENCE_CRITERION, reduction)][split] for s in both],
-                    metric, a=criterion, b=REFERENCE_CRITERION, seeds=both)
-                records.append({"comparison": f"{criterion} vs {REFERENCE_CRITERION} ({allocation} allocation)",
-                                "split": split, "flops_reduction": reduction, "allocation": allocation,
-                                "adaptation": adaptation, **result.as_dict()})
+                result = paired_difference([per_query[(s, *first)][split] for s in both],
+                                           [per_query[(s, *second)][split] for s in both], metric, a=a, b=b,
+                                           seeds=both)
+                records.append({"comparison": name, "split": split, "flops_reduction": first[2],
+                                "allocation": allocation, "adaptation": adaptation, **result.as_dict()})
     return records
 
 

@@ -40,3 +40,14 @@ def test_merging_a_run_twice_is_refused(tmp_path):
     part.write_text(json.dumps([_row(tmp_path, 0, "plfp", [1, 0])]))
     with pytest.raises(SystemExit, match="duplicates"):
         merge_target_runs([part, part], None)
+
+
+def test_the_same_criterion_under_two_allocations_is_compared_too(tmp_path):
+    rows = [{**_row(tmp_path / allocation, seed, "l2", hits), "allocation": allocation}
+            for seed in (0, 1) for allocation, hits in (("own", [1, 1, 1, 0]), ("uniform", [1, 0, 0, 0]))]
+    part = tmp_path / "a.json"
+    part.write_text(json.dumps(rows))
+    _, records = merge_target_runs([part], None)
+    (test_rank1,) = [r for r in records if r["split"] == "test" and r["metric"] == "rank1"]
+    assert test_rank1["comparison"] == "l2: own vs uniform allocation"  # ALLOCATIONS' order: own first
+    assert test_rank1["diff"] == pytest.approx(0.5) and test_rank1["seeds"] == [0, 1]
