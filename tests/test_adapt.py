@@ -192,9 +192,10 @@ def test_outliers_kept_as_instance_entries_are_negatives_never_targets(tiny_doma
 
 
 def test_memory_bank_for_20000_images_stays_small():
-    """The cluster memory is one unit vector per pseudo-identity: starting it from 20,000 features
-    in 10,000 clusters and training steps against it add well under 256 MB to the process's peak
-    (the dense image-by-cluster alternative, 20,000 x 10,000 float32, is 800 MB alone)."""
+    """The cluster memory is one unit vector per pseudo-identity (and, with `outliers: instances`,
+    per outlier): starting it from 20,000 features in 10,000 clusters plus 5,000 outliers and
+    training steps against it add well under 256 MB to the process's peak (the dense
+    image-by-cluster alternative, 20,000 x 10,000 float32, is 800 MB alone)."""
     import subprocess
     import sys
     import textwrap
@@ -204,14 +205,15 @@ def test_memory_bank_for_20000_images_stays_small():
     script = textwrap.dedent("""
         import resource
         import numpy as np, torch
-        from reid_models.adapt import cluster_centroids
+        from reid_models.adapt import memory_entries
         from reid_models.models import ClusterMemory
         n, clusters, dim = 20000, 10000, 512  # resnet18's embedding
         features = torch.randn(n, dim)
-        labels = np.random.default_rng(0).integers(-1, clusters, n)
-        labels[:clusters] = np.arange(clusters)  # every cluster has a member; -1 are outliers
+        labels = np.random.default_rng(0).integers(0, clusters, n)
+        labels[:clusters] = np.arange(clusters)  # every cluster has a member
+        labels[clusters:clusters + 5000] = -1    # and 5,000 outliers, each a memory entry of its own
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        memory = ClusterMemory(cluster_centroids(features, labels))
+        memory = ClusterMemory(memory_entries(features, labels, "instances"))
         embedding = torch.randn(64, dim, requires_grad=True)
         for _ in range(5):
             targets = torch.from_numpy(labels[:64])
@@ -222,7 +224,7 @@ def test_memory_bank_for_20000_images_stays_small():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     added_mb, clusters = result.stdout.split()[-2:]
-    assert int(clusters) == 10000 and float(added_mb) < 256
+    assert int(clusters) == 10000 + 5000 and float(added_mb) < 256
 
 
 def test_mean_teacher_feeds_the_clustering_and_follows_the_student(tiny_domains, monkeypatch):
