@@ -130,15 +130,8 @@ def runtime_rows(args, scratch: Path) -> list[dict]:
 
 def quantization_aware_file(model, payload: dict, settings, args, folder: Path, calibration: torch.Tensor) -> Path:
     """`model` after `--qat-epochs` of quantisation-aware fine-tuning (`ship.quantize: int8_qat`'s
-    recipe: the domain's training labels, or pseudo-labels for an unsupervised model), exported
-    and quantised like the PTQ file: the int8 QAT row."""
-    from reid_models.quantize import quantization_aware
-
-    model = copy.deepcopy(model)
-    train = exporting.qat_training_set(model, payload, settings)
-    if int(train.labels.max()) + 1 != model.classifier.out_features:  # pseudo-identities: a head of theirs
-        model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
-    model = quantization_aware(model, train, settings, args.qat_epochs, settings.ship.qat_lr_scale, settings.seed)
+    recipe), exported and quantised like the PTQ file: the int8 QAT row."""
+    model = exporting.quantization_aware_model(model, payload, settings, args.qat_epochs)
     height, width = settings.data.height, settings.data.width
     fp32 = exporting.export_onnx(model, folder / "model.qat.onnx", height, width, {})
     return exporting.quantize_int8(fp32, folder / "model.qat.int8.onnx", exporting.normalise(calibration),

@@ -493,7 +493,10 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned o
            out: Annotated[Path, typer.Option(help="folder for model.onnx (+ model.int8.onnx) and model.json")],
            format_: Annotated[str, typer.Option("--format", help="onnx (the only one so far)")] = "onnx",
            quantize: Annotated[str, typer.Option(help="none | int8_ptq (static int8, calibrated on training "
-                                                      "images of the model's domain)")] = "none",
+                                                      "images of the model's domain) | int8_qat (quantisation-aware "
+                                                      "fine-tuning on that domain's training split first)")] = "none",
+           qat_epochs: Annotated[int, typer.Option(help="int8_qat: epochs of fine-tuning (the checkpoint's "
+                                                        "ship.qat_epochs if 0)", min=0)] = 0,
            calibration_images: Annotated[int, typer.Option(help="training images for int8 calibration")] = 300,
            calibration_method: Annotated[str, typer.Option(help="minmax | entropy | percentile")] = "minmax",
            check_images: Annotated[int, typer.Option(help="real images on which ONNX must equal PyTorch")] = 32) -> None:
@@ -505,8 +508,9 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned o
     _setup_logging()
     if format_ != "onnx":
         _fail(ValueError(f"--format {format_!r}: only onnx is offered"))
-    if quantize not in ("none", "int8_ptq"):
-        _fail(ValueError(f"--quantize {quantize!r}: valid values are none, int8_ptq"))
+    if quantize not in ("none", "int8_ptq", "int8_qat"):
+        _fail(ValueError(f"--quantize {quantize!r}: valid values are none, int8_ptq, int8_qat"))
+    int8 = quantize != "none"
     if calibration_method not in exporting.CALIBRATION_METHODS:
         _fail(ValueError(f"--calibration-method {calibration_method!r}: valid values are "
                          f"{', '.join(exporting.CALIBRATION_METHODS)}"))
@@ -514,13 +518,18 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned o
         payload = load_checkpoint(checkpoint)
         model = model_from_payload(payload, str(checkpoint))
         domain = exporting.model_domain(payload)
-        wanted = check_images + (calibration_images if quantize == "int8_ptq" else 0)
+        wanted = check_images + (calibration_images if int8 else 0)
         images = exporting.domain_training_images(payload, domain, wanted)
+        if quantize == "int8_qat":
+            from reid_models.config import Settings
+
+            model = exporting.quantization_aware_model(model, payload, Settings.model_validate(payload["settings"]),
+                                                       qat_epochs or None)
     except (*_user_errors(), FileNotFoundError) as error:
         _fail(error)
     height, width = images.shape[-2:]
     report = exporting.export_model(model, str(checkpoint), out, height, width, images[:check_images],
-                                    images[check_images:] if quantize == "int8_ptq" else None, calibration_method)
+                                    images[check_images:] if int8 else None, calibration_method)
     for name, size in report.files.items():
         agreement = report.checks[name]["real"]
         console.print(f"wrote {out / name} ({size / 1e6:.1f} MB): vs PyTorch on {agreement['images']} {domain} "

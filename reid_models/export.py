@@ -250,6 +250,22 @@ def qat_training_set(model: ReIDNet, payload: dict, settings):
     return pseudo_labelled(train, labels)
 
 
+def quantization_aware_model(model: ReIDNet, payload: dict, settings, epochs: int | None = None) -> ReIDNet:
+    """A copy of `model` after quantisation-aware fine-tuning (`reid_models/quantize.py`; `epochs`,
+    default `ship.qat_epochs`, at `ship.qat_lr_scale` of the adaptation lr) on `qat_training_set`:
+    a float network, ready for `export_model` with int8 calibration (`int8_qat`)."""
+    import copy
+
+    from reid_models.quantize import quantization_aware
+
+    model = copy.deepcopy(model)
+    train = qat_training_set(model, payload, settings)
+    if int(train.labels.max()) + 1 != model.classifier.out_features:  # pseudo-identities: a head of theirs
+        model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
+    return quantization_aware(model, train, settings, epochs or settings.ship.qat_epochs, settings.ship.qat_lr_scale,
+                              settings.seed)
+
+
 SHIPPED_FILE = "shipped.json"
 
 
@@ -300,13 +316,7 @@ def ship_scenario(out_dir: Path, settings, quantize: str | None = None, check_im
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))
     if quantize == "int8_qat":
-        from reid_models.quantize import quantization_aware
-
-        train = qat_training_set(model, payload, settings)
-        if int(train.labels.max()) + 1 != model.classifier.out_features:  # pseudo-identities: a head of theirs
-            model.reset_classifier(int(train.labels.max()) + 1, generator=torch.Generator().manual_seed(settings.seed))
-        model = quantization_aware(model, train, settings, settings.ship.qat_epochs, settings.ship.qat_lr_scale,
-                                   settings.seed)
+        model = quantization_aware_model(model, payload, settings)
     int8 = quantize in ("int8_ptq", "int8_qat")
     images = domain_training_images(payload, model_domain(payload), check_images
                                     + (settings.ship.calibration_images if int8 else 0), settings.seed)

@@ -148,11 +148,12 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
     # Settings added after results were saved are left out while they change nothing, so those stay valid.
     if adapt["head"] == "classifier":
         del adapt["head"], adapt["memory"]
-    elif not adapt["memory"]["camera_proxies"]:
-        for key in ("camera_proxies", "camera_weight", "camera_negatives"):
-            del adapt["memory"][key]
-    if adapt["head"] == "memory" and adapt["memory"]["outliers"] == "drop":
-        del adapt["memory"]["outliers"]
+    else:
+        if not adapt["memory"]["camera_proxies"]:
+            for key in ("camera_proxies", "camera_weight", "camera_negatives"):
+                del adapt["memory"][key]
+        if adapt["memory"]["outliers"] == "drop":
+            del adapt["memory"]["outliers"]
     if adapt["cluster"]["eps_quantile"] is None:
         del adapt["cluster"]["eps_quantile"]
     if adapt["pseudo_labels"] == "student":

@@ -150,3 +150,18 @@ def test_int8_calibration_reads_training_images_only(pruned_checkpoint, tmp_path
     held_out = {item[0] for part in (splits.query, splits.gallery, splits.val_query, splits.val_gallery) for item in part}
     assert len(read) >= 32 and set(read) <= {item[0] for item in splits.train}
     assert not set(read) & held_out
+
+
+def test_export_int8_qat_fine_tunes_before_quantising(pruned_checkpoint, tmp_path):
+    """--quantize int8_qat: the exported network is the fine-tuned one (ONNX equals *it*, not the
+    checkpoint), then quantised like PTQ."""
+    result = exported(pruned_checkpoint, tmp_path, "--quantize", "int8_qat", "--qat-epochs", "1",
+                      "--calibration-images", "16")
+    assert "model.int8.onnx" in result.output
+    images = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = load_model(pruned_checkpoint).eval()(images).numpy()
+    assert np.abs(onnx_features(tmp_path / "model.onnx", images) - before).max() > 1e-3  # it trained
+    report = json.loads((tmp_path / "model.json").read_text())
+    assert report["checks"]["model.onnx"]["real"]["max_abs_diff"] <= exporting.TOLERANCE
+    assert report["checks"]["model.int8.onnx"]["real"]["min_cosine"] > 0.99
