@@ -138,6 +138,8 @@ def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_th
     memory = print_of("adapt.head=memory")
     assert print_of("adapt.head=memory", "adapt.memory.camera_weight=1.0") == memory  # proxies off: unread
     assert print_of("adapt.head=memory", "adapt.memory.camera_proxies=true") != memory
+    assert print_of("adapt.memory.outliers=instances") == plain  # the classifier head has no memory
+    assert print_of("adapt.head=memory", "adapt.memory.outliers=instances") != memory
 
 
 def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_latency(tmp_path):
