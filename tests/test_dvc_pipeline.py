@@ -22,7 +22,7 @@ def test_dvc_outputs_are_what_the_flows_write():
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])}
     assert outs == {"outputs/data/summary.json", "outputs/pretrain/model.pt", "outputs/pretrain/history.json",
                     "outputs/scenarios", "outputs/report/results.parquet", "outputs/report/flops_vs_rank1.png",
-                    "outputs/report/summary.csv"}
+                    "outputs/report/summary.csv", "outputs/report/shipped.csv"}
     assert [next(iter(m)) for m in stages["report"]["metrics"]] == ["outputs/metrics.json".replace(
         "outputs/", "outputs/report/")]
 
