@@ -286,15 +286,19 @@ def ship_stamp(checkpoint: Path, settings, quantize: str) -> dict:
     return stamp
 
 
+def saved_fields(out_dir: Path, settings, quantize: str) -> dict | None:
+    """The `shipped_*` fields of `quantize` if it was shipped and is still current, else None."""
+    checkpoint, saved = Path(out_dir) / "model.pt", ship_folder(out_dir, quantize) / SHIPPED_FILE
+    if not (checkpoint.is_file() and saved.is_file()):
+        return None
+    previous = json.loads(saved.read_text())
+    return previous["fields"] if previous.get("stamp") == ship_stamp(checkpoint, settings, quantize) else None
+
+
 def saved_shipping(out_dir: Path, settings) -> list[dict]:
     """The `shipped_*` fields of every `ship.quantize` choice already shipped and still current."""
-    checkpoint, found = Path(out_dir) / "model.pt", []
-    for quantize in settings.ship.quantize:
-        saved = ship_folder(out_dir, quantize) / SHIPPED_FILE
-        if checkpoint.is_file() and saved.is_file() and (
-                previous := json.loads(saved.read_text())).get("stamp") == ship_stamp(checkpoint, settings, quantize):
-            found.append(previous["fields"])
-    return found
+    found = (saved_fields(out_dir, settings, quantize) for quantize in settings.ship.quantize)
+    return [fields for fields in found if fields is not None]
 
 
 def ship_scenario(out_dir: Path, settings, quantize: str | None = None, check_images: int = 16) -> dict:
@@ -308,11 +312,9 @@ def ship_scenario(out_dir: Path, settings, quantize: str | None = None, check_im
     from reid_models.stages import evaluate_model, load_domain, model_from_payload
 
     quantize = quantize or settings.ship.quantize[0]
+    if (fields := saved_fields(out_dir, settings, quantize)) is not None:
+        return fields
     checkpoint, folder = out_dir / "model.pt", ship_folder(out_dir, quantize)
-    stamp = ship_stamp(checkpoint, settings, quantize)
-    saved = folder / SHIPPED_FILE
-    if saved.is_file() and (previous := json.loads(saved.read_text())).get("stamp") == stamp:
-        return previous["fields"]
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, str(checkpoint))
     if quantize == "int8_qat":
@@ -327,11 +329,12 @@ def ship_scenario(out_dir: Path, settings, quantize: str | None = None, check_im
     runtime = OnnxModule(shipped, settings.orchestration.torch_threads)
     target = load_domain(data.target, data, check_images=False)
     metrics = evaluate_model(runtime, target, data, settings.evaluate, torch.device("cpu"))
-    fields = {"shipped_as": f"onnx {quantize if int8 else 'fp32'}", "shipped_quantize": quantize,
+    fields = {"shipped_as": f"onnx {quantize if int8 else 'fp32'}",
               "shipped_rank1": metrics["rank1"], "shipped_mAP": metrics["mAP"],
               "shipped_size_bytes": report.files[shipped.name], "onnx_fp32_size_bytes": report.files["model.onnx"],
               "shipped_cosine_to_pytorch": report.checks[shipped.name]["real"]["mean_cosine"],
               "shipped_latency_ms": 1000 * time_forward(runtime, 1, data.height, data.width),
               "shipped_throughput_ips": 32 / time_forward(runtime, 32, data.height, data.width, repeats=5)}
-    atomic_write(saved, (json.dumps({"stamp": stamp, "fields": fields}, indent=2) + "\n").encode())
+    stamp = ship_stamp(checkpoint, settings, quantize)
+    atomic_write(folder / SHIPPED_FILE, (json.dumps({"stamp": stamp, "fields": fields}, indent=2) + "\n").encode())
     return fields
