@@ -81,14 +81,25 @@ PLAN: list[Run] = [
     # the two changes that helped, together, against the best unpruned run (issue 14's 3-point goal)
     _unsup("prune_during_teacher_labels_per_epoch", "prune_during", "teacher_labels_per_epoch",
            versus="adapt_only_per_epoch"),
+    # the other stages, before and with the changes that helped prune_during (what the defaults need):
+    # prune_before adapts an already pruned network, so only re-clustering applies to it; prune_after's
+    # teacher is the adapted model it starts from
+    _unsup("prune_before", "prune_before", versus="adapt_only"),
+    _unsup("prune_before_per_epoch", "prune_before", "per_epoch", versus="prune_before"),
+    _unsup("prune_after", "prune_after", versus="adapt_only"),
+    _unsup("prune_after_teacher_labels_per_epoch", "prune_after", "teacher_labels_per_epoch", versus="prune_after"),
 ]
+# Where to prune under that recipe: each stage against the others (the grid's question, unsupervised).
+STAGE_PAIRS = [("prune_during_teacher_labels_per_epoch", "prune_before_per_epoch"),
+               ("prune_during_teacher_labels_per_epoch", "prune_after_teacher_labels_per_epoch"),
+               ("prune_before_per_epoch", "prune_after_teacher_labels_per_epoch")]
 GAP_ENDS = ("source_only", "adapt_only_supervised")
 
 
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Each run with a `versus` against that run, paired over the seeds both have; rank-1 and mAP, test and val."""
-    return compare_pairs(rows, [("unsupervised", run.label, run.versus, "ablation") for run in PLAN if run.versus],
-                         n_boot)
+    pairs = [(run.label, run.versus) for run in PLAN if run.versus] + STAGE_PAIRS
+    return compare_pairs(rows, [("unsupervised", a, b, "ablation") for a, b in pairs], n_boot)
 
 
 def gap_closed(rows: list[dict]) -> dict[str, dict]:
