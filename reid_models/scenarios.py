@@ -56,6 +56,8 @@ from reid_models.train import EpochCallback, train_model
 log = logging.getLogger(__name__)
 
 PRUNING_SCENARIOS = ("prune_before", "prune_during", "prune_after")
+TARGET_PRUNING_SCENARIOS = ("prune_during", "prune_after")  # prune while training on the target
+FIRST_EPOCHS_PER_ROUND = 2  # adapt.epochs_per_round's default when the first results were saved
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 TEACHER_FILE = "teacher.pt"
 VAL_PER_QUERY_FILE = "per_query_val.npz"  # target validation split, per query (PER_QUERY_FILE: test)
@@ -156,10 +158,15 @@ def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | 
             del adapt["memory"]["outliers"]
     if adapt["cluster"]["eps_quantile"] is None:
         del adapt["cluster"]["eps_quantile"]
-    if adapt["pseudo_labels"] == "student":
-        del adapt["pseudo_labels"]
+    if adapt["pseudo_labels"] == "student" or not (scenario.adaptation == "unsupervised"
+                                                   and scenario.name in TARGET_PRUNING_SCENARIOS):
+        del adapt["pseudo_labels"]  # read only where an unsupervised step prunes
     if adapt["mean_teacher"] is None:
         del adapt["mean_teacher"]
+    if scenario.adaptation != "unsupervised":
+        # Supervised runs never re-cluster: hashed at the value their results were first saved with,
+        # so a new default for unsupervised adaptation keeps them valid.
+        adapt["epochs_per_round"] = FIRST_EPOCHS_PER_ROUND
     relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"), "adapt": adapt,
                 "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
                                                                                "batches_per_epoch"}),

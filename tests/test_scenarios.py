@@ -134,12 +134,28 @@ def test_new_adaptation_settings_change_the_fingerprint_only_when_they_change_th
     assert print_of("adapt.head=memory") != plain
     assert print_of("adapt.head=memory", "adapt.memory.temperature=0.1") != print_of("adapt.head=memory")
     assert print_of("adapt.cluster.eps_quantile=0.3") != plain
-    assert print_of("adapt.mean_teacher=0.95") != plain and print_of("adapt.pseudo_labels=teacher") != plain
+    assert print_of("adapt.mean_teacher=0.95") != plain
+    assert print_of("adapt.pseudo_labels=teacher") == plain  # adapt_only prunes nothing: no teacher to label
     memory = print_of("adapt.head=memory")
     assert print_of("adapt.head=memory", "adapt.memory.camera_weight=1.0") == memory  # proxies off: unread
     assert print_of("adapt.head=memory", "adapt.memory.camera_proxies=true") != memory
     assert print_of("adapt.memory.outliers=instances") == plain  # the classifier head has no memory
     assert print_of("adapt.head=memory", "adapt.memory.outliers=instances") != memory
+
+
+def test_unsupervised_only_settings_leave_supervised_results_valid(tmp_path):
+    """A new default for re-clustering or for the pruned runs' pseudo-labels re-runs the unsupervised
+    scenarios it changes, and keeps every supervised result."""
+    for name in ("adapt_only", "prune_during"):
+        supervised = fingerprints(tmp_path, Scenario(name, "plfp", 0.5, "supervised", 0))
+        assert supervised("adapt.epochs_per_round=1") == supervised("adapt.epochs_per_round=3")
+        assert supervised("adapt.pseudo_labels=teacher") == supervised("adapt.pseudo_labels=student")
+    for name in ("prune_during", "prune_after"):
+        unsupervised = fingerprints(tmp_path, Scenario(name, "plfp", 0.5, "unsupervised", 0))
+        assert unsupervised("adapt.epochs_per_round=1") != unsupervised("adapt.epochs_per_round=3")
+        assert unsupervised("adapt.pseudo_labels=teacher") != unsupervised("adapt.pseudo_labels=student")
+    before = fingerprints(tmp_path, Scenario("prune_before", "plfp", 0.5, "unsupervised", 0))
+    assert before("adapt.pseudo_labels=teacher") == before("adapt.pseudo_labels=student")  # adapts a pruned network
 
 
 def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_latency(tmp_path):
