@@ -4,14 +4,18 @@
 
 For each seed (its own source model, shared with `bench.scenarios` and `reid-prune run`) `PLAN`
 runs, most important first: the two ends of the gap (direct transfer, i.e. source_only, and
-supervised adapt_only), unsupervised adapt_only as the grid runs it (a new random identity head
-each round, 3 rounds of 2 epochs), then one change at a time: the cluster memory head
+supervised adapt_only), unsupervised adapt_only with the first recipe (`rounds`: a new random
+identity head each round, 3 rounds of 2 epochs, pruned runs clustering their own features), then
+one change at a time: the cluster memory head
 (`adapt.head: memory`), re-clustering every epoch (`adapt.epochs_per_round: 1`), both, a mean
 teacher's features for the clustering (`adapt.mean_teacher: 0.95`), camera proxies in the loss
 (`adapt.memory.camera_proxies`, against the memory alone), and
 prune_during with the default, with the memory, and with pseudo-labels from its unpruned teacher
-(`adapt.pseudo_labels: teacher`; the mean teacher, or the frozen source model). Default runs write where `bench.scenarios`
-does (either reuses the other's results), variants under outputs/.../ablations/<variant>/.
+(`adapt.pseudo_labels: teacher`; the mean teacher, or the frozen source model), and the other
+stages with and without the two changes that helped (today's defaults: `per_epoch`,
+`teacher_labels_per_epoch`). Every variant, the first recipe included, writes under
+outputs/.../ablations/<variant>/ and states what it sets, so a new default changes no label's meaning;
+the supervised ends of the gap write where `bench.scenarios` does (either reuses the other's results).
 
 Comparisons are paired within seeds (`reid_models.stats`: mean of per-seed differences, 95%
 interval by a bootstrap over seeds and query identities, `resolved` when it excludes 0), on the
@@ -35,17 +39,19 @@ from reid_models.stats import format_comparison
 
 # -S overrides on top of params.yaml, explicit about what they change, so a later change of
 # default does not change what a variant means.
+STUDENT = "adapt.pseudo_labels=student"  # pruned runs cluster their own features (the first recipe)
 VARIANTS: dict[str, list[str]] = {
-    "default": [],
-    "memory": ["adapt.head=memory", "adapt.epochs_per_round=2"],
-    "per_epoch": ["adapt.head=classifier", "adapt.epochs_per_round=1"],
-    "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1"],
-    "mean_teacher": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.mean_teacher=0.95"],
-    "memory_camera": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.camera_proxies=true"],
-    "memory_instances": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.outliers=instances"],
+    "default": [],  # the supervised ends of the gap, which read none of these settings
+    "rounds": ["adapt.head=classifier", "adapt.epochs_per_round=2", STUDENT],  # the first recipe
+    "memory": ["adapt.head=memory", "adapt.epochs_per_round=2", STUDENT],
+    "per_epoch": ["adapt.head=classifier", "adapt.epochs_per_round=1", STUDENT],
+    "memory_per_epoch": ["adapt.head=memory", "adapt.epochs_per_round=1", STUDENT],
+    "mean_teacher": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.mean_teacher=0.95", STUDENT],
+    "memory_camera": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.camera_proxies=true", STUDENT],
+    "memory_instances": ["adapt.head=memory", "adapt.epochs_per_round=2", "adapt.memory.outliers=instances", STUDENT],
     # the label-free radius: the quantile of each round's neighbour distances that gives eps 0.4 on
     # the source model's validation features (bench.clustering), so round 1 clusters alike
-    "eps_quantile": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.cluster.eps_quantile=0.1"],
+    "eps_quantile": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.cluster.eps_quantile=0.1", STUDENT],
     # pruned runs: pseudo-labels from the unpruned teacher -- prune_during's mean teacher of the
     # adapting model, or the source model it started from (frozen)
     "teacher_labels": ["adapt.head=classifier", "adapt.epochs_per_round=2", "adapt.pseudo_labels=teacher",
@@ -57,7 +63,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def _unsup(label: str, scenario: str, variant: str = "default", versus: str | None = None) -> Run:
+def _unsup(label: str, scenario: str, variant: str, versus: str | None = None) -> Run:
     return Run(label, scenario, "unsupervised", variant, "default", versus)
 
 
@@ -65,7 +71,7 @@ def _unsup(label: str, scenario: str, variant: str = "default", versus: str | No
 PLAN: list[Run] = [
     Run("source_only", "source_only", "none"),
     Run("adapt_only_supervised", "adapt_only", "supervised"),
-    _unsup("adapt_only", "adapt_only"),
+    _unsup("adapt_only", "adapt_only", "rounds"),
     _unsup("adapt_only_memory", "adapt_only", "memory", versus="adapt_only"),
     _unsup("adapt_only_per_epoch", "adapt_only", "per_epoch", versus="adapt_only"),
     _unsup("adapt_only_memory_per_epoch", "adapt_only", "memory_per_epoch", versus="adapt_only_memory"),
@@ -73,7 +79,7 @@ PLAN: list[Run] = [
     _unsup("adapt_only_memory_camera", "adapt_only", "memory_camera", versus="adapt_only_memory"),
     _unsup("adapt_only_eps_quantile", "adapt_only", "eps_quantile", versus="adapt_only"),
     _unsup("adapt_only_memory_instances", "adapt_only", "memory_instances", versus="adapt_only_memory"),
-    _unsup("prune_during", "prune_during", versus="adapt_only"),
+    _unsup("prune_during", "prune_during", "rounds", versus="adapt_only"),
     _unsup("prune_during_memory", "prune_during", "memory", versus="prune_during"),
     _unsup("prune_during_teacher_labels", "prune_during", "teacher_labels", versus="prune_during"),
     _unsup("prune_during_teacher_labels_start", "prune_during", "teacher_labels_start",
@@ -84,13 +90,15 @@ PLAN: list[Run] = [
     # the other stages, before and with the changes that helped prune_during (what the defaults need):
     # prune_before adapts an already pruned network, so only re-clustering applies to it; prune_after's
     # teacher is the adapted model it starts from
-    _unsup("prune_before", "prune_before", versus="adapt_only"),
+    _unsup("prune_before", "prune_before", "rounds", versus="adapt_only"),
     _unsup("prune_before_per_epoch", "prune_before", "per_epoch", versus="prune_before"),
-    _unsup("prune_after", "prune_after", versus="adapt_only"),
+    _unsup("prune_after", "prune_after", "rounds", versus="adapt_only"),
     _unsup("prune_after_teacher_labels_per_epoch", "prune_after", "teacher_labels_per_epoch", versus="prune_after"),
 ]
-# Where to prune under that recipe: each stage against the others (the grid's question, unsupervised).
-STAGE_PAIRS = [("prune_during_teacher_labels_per_epoch", "prune_before_per_epoch"),
+# The recipe the defaults now run against the first one, for the best stage; and where to prune
+# under it: each stage against the others (the grid's question, unsupervised).
+EXTRA_PAIRS = [("prune_during_teacher_labels_per_epoch", "prune_during"),
+               ("prune_during_teacher_labels_per_epoch", "prune_before_per_epoch"),
                ("prune_during_teacher_labels_per_epoch", "prune_after_teacher_labels_per_epoch"),
                ("prune_before_per_epoch", "prune_after_teacher_labels_per_epoch")]
 GAP_ENDS = ("source_only", "adapt_only_supervised")
@@ -98,7 +106,7 @@ GAP_ENDS = ("source_only", "adapt_only_supervised")
 
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
     """Each run with a `versus` against that run, paired over the seeds both have; rank-1 and mAP, test and val."""
-    pairs = [(run.label, run.versus) for run in PLAN if run.versus] + STAGE_PAIRS
+    pairs = [(run.label, run.versus) for run in PLAN if run.versus] + EXTRA_PAIRS
     return compare_pairs(rows, [("unsupervised", a, b, "ablation") for a, b in pairs], n_boot)
 
 

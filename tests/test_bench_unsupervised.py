@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.unsupervised import VARIANTS, gap_closed
+from bench.unsupervised import PLAN, VARIANTS, gap_closed
 
 
 def _row(label: str, seed: int, rank1: float) -> dict:
@@ -21,7 +21,9 @@ def test_gap_closed_is_per_seed_share_of_the_gap_with_the_seed_spread():
     assert "prune_during" not in shares  # only unsupervised adapt_only rows close the gap
 
 
-def test_each_variant_states_the_settings_it_changes():
+def test_each_unsupervised_run_states_its_recipe_so_a_new_default_changes_no_label():
     for name, overrides in VARIANTS.items():
         if name != "default":
-            assert {"adapt.head", "adapt.epochs_per_round"} <= {o.split("=")[0] for o in overrides}
+            assert {"adapt.head", "adapt.epochs_per_round", "adapt.pseudo_labels"} <= {o.split("=")[0] for o in overrides}
+    assert VARIANTS["default"] == []
+    assert all(run.variant != "default" for run in PLAN if run.adaptation == "unsupervised")
