@@ -105,7 +105,8 @@ GAP_ENDS = ("source_only", "adapt_only_supervised")
 
 
 def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
-    """Each run with a `versus` against that run, paired over the seeds both have; rank-1 and mAP, test and val."""
+    """Each run with a `versus` against that run, and the `EXTRA_PAIRS`, paired over the seeds both
+    have; rank-1 and mAP, test and val."""
     pairs = [(run.label, run.versus) for run in PLAN if run.versus] + EXTRA_PAIRS
     return compare_pairs(rows, [("unsupervised", a, b, "ablation") for a, b in pairs], n_boot)
 
