@@ -14,9 +14,9 @@ with the unpruned one, as ratios. `--retime` measures the ratios of a finished r
 Each seed (`--seeds`, default 0,1,2) pretrains its own source model (the default seed's is
 `reid-prune run`'s, another's is under outputs/seeds/seedN) and prunes it with every criterion.
 Each criterion is compared with PLFP paired within seeds (`reid_models.stats`: mean over seeds of
-the per-seed difference, 95% interval by a bootstrap over seeds and query identities, `resolved`
-when it excludes 0), on both test splits: printed, and written beside `--json X.json` (the rows,
-a list) as `X_comparisons.json`.
+the per-seed difference, 95% interval over seeds and query identities, Holm-adjusted within each
+table: `resolved_holm`), on both test splits: printed, and written beside `--json X.json` (the
+rows, a list) as `X_comparisons.json`.
 
 `--target` asks the question where it matters, on the new cameras: each criterion prunes as the
 scenario `--stage` (default prune_during, supervised; the grid's best stage) from each seed's
@@ -46,7 +46,8 @@ from reid_models.config import load_settings
 from reid_models.models import resolve_device
 from reid_models.pruning.criteria import CRITERIA
 from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, run_scenario
-from reid_models.stats import PER_QUERY_FILE, REFERENCE_CRITERION, format_comparison, load_per_query, paired_difference
+from reid_models.stats import (PER_QUERY_FILE, REFERENCE_CRITERION, format_comparison, load_per_query,
+                               paired_difference, with_holm)
 
 REDUCTIONS = (0.5, 0.3, 0.7)  # 0.5 first: the headline budget
 
@@ -82,7 +83,7 @@ def evaluate_row(settings, checkpoint: str, source, target) -> tuple[dict, dict]
     return row, {"source": on_source["per_query"], "target": on_target["per_query"]}
 
 
-def criterion_comparisons(rows: list[dict], per_query: dict, n_boot: int = 2000) -> list[dict]:
+def criterion_comparisons(rows: list[dict], per_query: dict) -> list[dict]:
     """Each criterion vs PLFP at each FLOPs reduction, paired over the seeds both ran (each seed
     prunes its own source model), on the source and target test splits, rank-1 and mAP."""
     records = []
@@ -98,10 +99,10 @@ def criterion_comparisons(rows: list[dict], per_query: dict, n_boot: int = 2000)
                     result = paired_difference(
                         [per_query[(s, criterion, reduction)][split] for s in seeds],
                         [per_query[(s, REFERENCE_CRITERION, reduction)][split] for s in seeds],
-                        metric, a=criterion, b=REFERENCE_CRITERION, seeds=seeds, n_boot=n_boot)
+                        metric, a=criterion, b=REFERENCE_CRITERION, seeds=seeds)
                     records.append({"comparison": f"{criterion} vs {REFERENCE_CRITERION}", "split": split,
                                     "flops_reduction": reduction, "mode": at[0]["mode"], **result.as_dict()})
-    return records
+    return with_holm(records, ("flops_reduction", "split", "metric"))
 
 
 def _write_json(path: Path | None, records: list[dict]) -> None:
@@ -162,6 +163,12 @@ ALLOCATIONS: dict[str, list[str]] = {
 }
 
 
+def run_allocation(allocation: str, criterion: str) -> str:
+    """The allocation whose run this is: a criterion under the ranking it would use anyway (l1 under
+    shared_l1) is the same run as under its own, so it is run and counted once, as "own"."""
+    return "own" if allocation == f"shared_{criterion}" else allocation
+
+
 def run_on_target(profile: str, params: str, overrides: list[str], criteria: list[str], reductions: list[float],
                   seeds: list[int], allocations: list[str], stage: str, adaptation: str,
                   json_path: Path | None) -> tuple[list[dict], list[dict]]:
@@ -177,9 +184,12 @@ def run_on_target(profile: str, params: str, overrides: list[str], criteria: lis
             stages.prepare_domain(domain, getattr(base.data, domain), base.data)
         pretrained = stages.pretrain(base, Path(base.outputs) / "pretrain")["checkpoint"]
         for reduction in reductions:
-            for allocation in allocations:
-                settings = settings_for_seed(params, profile, [*overrides, *ALLOCATIONS[allocation]], seed)
+            for listed in allocations:
                 for criterion in criteria:
+                    allocation = run_allocation(listed, criterion)
+                    if (seed, allocation, criterion, reduction) in per_query:
+                        continue  # the same run as the criterion's own allocation, already done
+                    settings = settings_for_seed(params, profile, [*overrides, *ALLOCATIONS[allocation]], seed)
                     scenario = Scenario(stage, criterion, reduction, adaptation, seed)
                     out_dir = Path(base.outputs) / "scenarios" / scenario.key if allocation == "own" else \
                         Path(base.outputs) / "bench" / "pruning_target" / allocation / scenario.key
@@ -205,7 +215,13 @@ def target_comparisons(per_query: dict[tuple, dict], seeds: list[int], adaptatio
     global ranking buys over uniform or a shared ranking); paired over the seeds both have, rank-1
     and mAP on the target test and validation splits. `per_query`: (seed, allocation, criterion,
     reduction) -> {"test": ..., "val": ...} per-query results."""
-    keys = {(a, c, r) for (_, a, c, r) in per_query}
+    def run(key: tuple) -> tuple:  # the run a (allocation, criterion, reduction) setting is
+        return run_allocation(key[0], key[1]), *key[1:]
+
+    allocations = {a for (_, a, _, _) in per_query}
+    per_query = {(s, *run((a, c, r))): arrays for (s, a, c, r), arrays in per_query.items()}
+    present = {(a, c, r) for (_, a, c, r) in per_query}
+    keys = {(a, c, r) for a in allocations for (_, c, r) in present if run((a, c, r)) in present}
     pairs = [(f"{criterion} vs {REFERENCE_CRITERION} ({allocation} allocation)", (allocation, criterion, reduction),
               (allocation, REFERENCE_CRITERION, reduction), criterion, REFERENCE_CRITERION, allocation)
              for allocation, criterion, reduction in sorted(keys) if criterion != REFERENCE_CRITERION]
@@ -213,19 +229,24 @@ def target_comparisons(per_query: dict[tuple, dict], seeds: list[int], adaptatio
     pairs += [(f"{criterion}: {a} vs {b} allocation", (a, criterion, reduction), (b, criterion, reduction),
                a, b, f"{a} vs {b}")
               for a, criterion, reduction in sorted(keys) for b in order[order.index(a) + 1:]]
-    records = []
+    records, compared = [], set()
     for name, first, second, a, b, allocation in pairs:
-        if first not in keys or second not in keys:
-            continue
+        first, second = run(first), run(second)
+        if first not in present or second not in present or first == second or (first, second) in compared:
+            continue  # each distinct pair of runs once (l1 under shared_l1 is l1 under its own)
+        compared.add((first, second))
         both = [s for s in seeds if (s, *first) in per_query and (s, *second) in per_query]
+        if not both:
+            continue
         for split in ("test", "val"):
             for metric in ("rank1", "mAP"):
                 result = paired_difference([per_query[(s, *first)][split] for s in both],
                                            [per_query[(s, *second)][split] for s in both], metric, a=a, b=b,
                                            seeds=both)
                 records.append({"comparison": name, "split": split, "flops_reduction": first[2],
-                                "allocation": allocation, "adaptation": adaptation, **result.as_dict()})
-    return records
+                                "allocation": allocation, "adaptation": adaptation,
+                                "kind": "allocations" if " vs " in allocation else "criteria", **result.as_dict()})
+    return with_holm(records, ("kind", "split", "metric"))
 
 
 def merge_target_runs(parts: list[Path], json_path: Path | None) -> tuple[list[dict], list[dict]]:

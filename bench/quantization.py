@@ -32,7 +32,7 @@ from reid_models.evaluate import evaluate_features
 from reid_models.features import extract_features
 from reid_models.data.loading import ImageSet, test_transform
 from reid_models.stages import load_domain, load_model, training_images
-from reid_models.stats import format_comparison, paired_difference
+from reid_models.stats import format_comparison, paired_difference, with_holm
 
 VARIANTS = ("fp32", "int8_ptq", "finetune_int8_ptq", "int8_qat")
 
@@ -99,7 +99,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
                                                a=f"{scenario} {a}", b=b, seeds=seeds)
                     records.append({"comparison": f"{scenario} {a} vs {b}", "scenario": scenario, "split": split,
                                     **result.as_dict()})
-    return records
+    return with_holm(records, ("scenario", "split", "metric"))
 
 
 def main() -> None:

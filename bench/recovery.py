@@ -16,8 +16,8 @@ Default-recipe runs write where `bench.scenarios` does (either reuses the other'
 variants under outputs/.../ablations/<variant>/.
 
 Every row has target test and target validation metrics. Comparisons are paired within seeds
-(`reid_models.stats`: mean over seeds of the per-seed difference, 95% interval by a bootstrap
-over seeds and query identities; `resolved` when it excludes 0), on both splits: settings are
+(`reid_models.stats`: mean over seeds of the per-seed difference, 95% interval over seeds and query
+identities, Holm-adjusted within each table: `resolved_holm`), on both splits: settings are
 chosen on `val`, figures reported on `test`.
 """
 
@@ -34,7 +34,7 @@ from bench.scenarios import comparisons_path, settings_for_seed
 from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.scenarios import VAL_PER_QUERY_FILE, Scenario, fingerprint, pretrain_small_dense, run_scenario
-from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference
+from reid_models.stats import PER_QUERY_FILE, format_comparison, load_per_query, paired_difference, with_holm
 
 # Variants: -S overrides on top of params.yaml, explicit about the recovery they run, so a change
 # of default does not change what a variant means. The default (params.yaml `prune`) is the legacy
@@ -152,7 +152,7 @@ def _per_query(row: dict, split: str) -> dict | None:
     return load_per_query(path) if path.is_file() else None
 
 
-def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
+def comparisons(rows: list[dict]) -> list[dict]:
     """Paired over the seeds both ran: each pruned row vs adapt_only / adapt_short / small_dense of
     its adaptation and budget, and each ablation vs the run it ablates; rank-1 and mAP, test and val."""
     pairs = []
@@ -167,15 +167,16 @@ def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
                 pairs.append((mode, label, versus, "ablation"))
             if name != "prune_during":  # another stage's best recipe against the best stage's default
                 pairs.append((mode, label, "prune_during" + suffix, "vs_prune_during"))
-    return compare_pairs(rows, pairs, n_boot)
+    return compare_pairs(rows, pairs)
 
 
-def compare_pairs(rows: list[dict], pairs: list[tuple[str, str, str, str]], n_boot: int = 2000) -> list[dict]:
+def compare_pairs(rows: list[dict], pairs: list[tuple[str, str, str, str]]) -> list[dict]:
     """Each (adaptation, label A, label B, kind) of `pairs`, A - B paired over the seeds both ran;
-    rank-1 and mAP on the target test and validation splits (pairs missing per-query files skipped)."""
+    rank-1 and mAP on the target test and validation splits (pairs missing per-query files skipped).
+    Each distinct pair counts once; Holm families: adaptation x kind x split x metric."""
     by = {(r["label"], r["adaptation"], r["seed"]): r for r in rows}
     records = []
-    for mode, a, b, kind in pairs:
+    for mode, a, b, kind in dict.fromkeys(pairs):  # each pair once, in order
         seeds = sorted(s for (label, m, s) in by if label == a and m == mode and (b, mode, s) in by)
         for split in ("test", "val"):
             first = [_per_query(by[(a, mode, s)], split) for s in seeds]
@@ -183,10 +184,10 @@ def compare_pairs(rows: list[dict], pairs: list[tuple[str, str, str, str]], n_bo
             if not seeds or any(x is None for x in first + second):
                 continue
             for metric in ("rank1", "mAP"):
-                result = paired_difference(first, second, metric, a=a, b=b, seeds=seeds, n_boot=n_boot)
+                result = paired_difference(first, second, metric, a=a, b=b, seeds=seeds)
                 records.append({"comparison": f"{a} vs {b}", "kind": kind, "adaptation": mode, "split": split,
                                 **result.as_dict()})
-    return records
+    return with_holm(records, ("adaptation", "kind", "split", "metric"))
 
 
 def print_comparisons(records: list[dict], flops_reduction: float) -> None:

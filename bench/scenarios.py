@@ -10,8 +10,8 @@ other's finished scenarios. Rank-1/mAP are on the target test split (new cameras
 
 Claims rest on paired comparisons (`reid_models.stats`): scenarios of one seed share the source
 model and the test queries, so each comparison is the mean over seeds of the per-seed difference,
-with a 95% interval from a bootstrap over seeds and, within them, query identities; a winner is
-stated only where the interval excludes 0 (`resolved`). `--json X.json` gets the rows (a list, as
+with a 95% interval over seeds and query identities; a winner is stated only where Holm's
+correction within the comparison's table keeps it (`resolved_holm`). `--json X.json` gets the rows (a list, as
 before) and `X_comparisons.json` the comparisons (a list of `stats.COMPARISON_COLUMNS` records).
 """
 
@@ -29,7 +29,8 @@ from reid_models import stages
 from reid_models.config import Settings, load_settings
 from reid_models.report import load_comparisons, save_results
 from reid_models.scenarios import check_budget, expand_grid, pretrain_small_dense, run_scenario
-from reid_models.stats import comparison_records, format_comparison
+from reid_models.stats import (comparison_records, format_comparison, resolution_line, resolvable_difference,
+                               verdict_text)
 
 
 def seed_overrides(base: Settings, seed: int) -> list[str]:
@@ -81,26 +82,27 @@ def mean_rank1(rows: list[dict], **match) -> float | None:
 
 
 def _claim(comparison: dict) -> str:
-    """`A vs B +1.2 [-0.3, +2.7]: A better` (resolved) or `...: not resolved` (rank-1 points)."""
-    verdict = f"{comparison['winner']} better" if comparison["resolved"] else "not resolved"
+    """`A vs B +1.2 [+0.3, +2.7]: resolved, A better` or `...: not resolved` (rank-1 points;
+    `stats.verdict_text`)."""
+    verdict = verdict_text(comparison)
     return (f"{comparison['comparison']} {100 * comparison['diff']:+.1f} [{100 * comparison['ci_low']:+.1f}, "
             f"{100 * comparison['ci_high']:+.1f}]: {verdict}")
 
 
 def _stage_winner(stage_comparisons: list[dict]) -> str | None:
-    """The stage resolved better than every other stage it was compared with, if there is one."""
+    """The stage resolved better than every other stage it was compared with (after Holm), if any."""
     labels = {c[side] for c in stage_comparisons for side in ("a", "b")}
     for label in sorted(labels):
         involved = [c for c in stage_comparisons if label in (c["a"], c["b"])]
         if len(involved) == len(labels) - 1 and all(
-                c["resolved"] and c["winner"] == label for c in involved):
+                c["resolved_holm"] and c["winner"] == label for c in involved):
             return label
     return None
 
 
 def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
     """The questions the grid answers, on target rank-1: a winner only where its paired comparison
-    is resolved (the 95% interval excludes 0), otherwise "not resolved"."""
+    is resolved after Holm's correction, otherwise "not resolved"."""
     lines = []
     rank1 = [c for c in comparisons if c["metric"] == "rank1"]
     for mode in sorted({r["adaptation"] for r in rows} - {"none"}):
@@ -165,12 +167,14 @@ def main() -> None:
     comparisons = [] if frame is None else comparison_records(frame)
     if args.json:
         comparisons_path(args.json).write_text(json.dumps(comparisons, indent=2) + "\n")
-    print("paired comparisons, A - B in points over seeds with a 95% interval (bootstrap over seeds and query "
-          "identities); resolved = the interval excludes 0:")
+    print("paired comparisons, A - B in points over seeds with a 95% interval (seeds and query identities); "
+          "resolved = the interval excludes 0 and Holm's correction within its table keeps it:")
     for comparison in comparisons:
         print(format_comparison(comparison))
     for line in answers(rows, comparisons):
         print(line)
+    if frame is not None and (resolvable := resolvable_difference(frame)):
+        print(f"how sure: {resolution_line(resolvable)}")
     print(f"table: {paths['summary']}  plot: {paths['plot']}")
 
 

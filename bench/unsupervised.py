@@ -18,8 +18,8 @@ outputs/.../ablations/<variant>/ and states what it sets, so a new default chang
 the supervised ends of the gap write where `bench.scenarios` does (either reuses the other's results).
 
 Comparisons are paired within seeds (`reid_models.stats`: mean of per-seed differences, 95%
-interval by a bootstrap over seeds and query identities, `resolved` when it excludes 0), on the
-target test and validation splits: each variant against the run it changes. Printed too: the share
+interval over seeds and query identities, Holm-adjusted within each table: `resolved_holm`), on
+the target test and validation splits: each variant against the run it changes. Printed too: the share
 of the direct-transfer-to-supervised gap each unsupervised adapt_only closes, per seed (issue 14's
 goal: at least 85%, seed spread under 3 points). `--only` and `--finished-only` as in
 `bench.recovery`.
@@ -104,11 +104,11 @@ EXTRA_PAIRS = [("prune_during_teacher_labels_per_epoch", "prune_during"),
 GAP_ENDS = ("source_only", "adapt_only_supervised")
 
 
-def comparisons(rows: list[dict], n_boot: int = 2000) -> list[dict]:
+def comparisons(rows: list[dict]) -> list[dict]:
     """Each run with a `versus` against that run, and the `EXTRA_PAIRS`, paired over the seeds both
     have; rank-1 and mAP, test and val."""
     pairs = [(run.label, run.versus) for run in PLAN if run.versus] + EXTRA_PAIRS
-    return compare_pairs(rows, [("unsupervised", a, b, "ablation") for a, b in pairs], n_boot)
+    return compare_pairs(rows, [("unsupervised", a, b, "ablation") for a, b in pairs])
 
 
 def gap_closed(rows: list[dict]) -> dict[str, dict]:

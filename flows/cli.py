@@ -201,6 +201,10 @@ def _print_results(settings, paths: dict) -> None:
     if shipped_csv.is_file() and (shipped := pd.read_csv(shipped_csv))["shipped_as"].nunique() > 1:
         console.print(_shipped_table(shipped))
     console.print(f"results: {paths['csv']}   plot: {paths['plot']}   summary: {paths['summary']}")
+    from reid_models.report import load_resolution
+
+    if resolution := load_resolution(Path(paths["csv"]).parent):
+        console.print(f"How sure: {resolution['line']}")
     console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open {ui_url(settings)}")
 
 
@@ -336,16 +340,19 @@ def _checked_settings(profile: str | None, overrides: list[str] | None, params: 
 
 
 def _comparisons_table(frame) -> Table:
-    """Paired differences A - B over seeds (points), their 95% interval and whether it excludes 0."""
-    table = Table(title="Paired comparisons on the target test split (A - B, points; 95% hierarchical bootstrap "
-                        "over seeds and query identities)")
+    """Paired differences A - B over seeds (points), their 95% interval, and the verdict after
+    Holm's correction within each table (`stats.verdict_text`)."""
+    from reid_models.stats import verdict_text
+
+    table = Table(title="Paired comparisons on the target test split (A - B, points; 95% interval over seeds and "
+                        "query identities; verdicts Holm-adjusted per adaptation, kind and metric)")
     for column in ("comparison", "adaptation", "FLOPs -", "metric", "A - B", "95% CI", "per seed", "seeds", "verdict"):
         text = column in ("comparison", "adaptation", "metric", "per seed", "verdict")
         table.add_column(column, justify="left" if text else "right", no_wrap=column == "comparison")
     from rich.markup import escape  # labels such as prune_during[plfp] are not markup
 
     for row in frame.itertuples():
-        verdict = f"resolved: {row.winner} better" if row.resolved else "not resolved"
+        verdict = verdict_text(row._asdict())
         cells = (row.comparison, row.adaptation, f"{row.flops_reduction:g}", row.metric, f"{100 * row.diff:+.1f}",
                  f"[{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]",
                  " ".join(f"{100 * d:+.1f}" for d in row.per_seed), str(row.n_seeds), verdict)

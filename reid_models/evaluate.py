@@ -192,7 +192,7 @@ class _Accumulator:
         out["num_valid_queries"] = num_valid
         out["num_skipped_queries"] = self.num_skipped
         out["cmc"] = cmc
-        # Per valid query, in query order: what paired comparisons and bootstrap intervals resample.
+        # Per valid query, in query order: what paired comparisons and their intervals are computed from.
         out["per_query"] = {"pid": torch.cat(self.pids).numpy(), "camid": torch.cat(self.camids).numpy(),
                             "rank1": (first_rank == 0).to(torch.int8).numpy(), "ap": torch.cat(self.ap).numpy()}
         return out

@@ -124,17 +124,18 @@ def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.Dat
     axes.set_xlabel("GFLOPs per image (physically pruned model)")
     axes.set_ylabel("target rank-1 (%)")
     hollow = "; hollow: as shipped, " + str(frame["shipped_as"].iloc[0]) if shipped and "shipped_as" in frame else ""
-    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras\n(mean over seeds; bars: 95% bootstrap "
+    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras\n(mean over seeds; bars: 95% "
                    f"interval; dashed: Pareto front{hollow})", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     return _save_figure(figure, path)
 
 
-def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> dict[str, str]:
+def save_results(rows: list[dict], out_dir: str | Path) -> dict[str, str]:
     """results.csv / .parquet (one row per run), summary.csv (over seeds), the plot, metrics.json;
     and, for rows whose `result_dir` holds per_query.npz, comparisons.csv (`stats.scenario_comparisons`,
-    `n_boot` bootstrap replicates) and 95% intervals of rank-1 in summary.csv and the plot."""
+    with Holm's verdicts), resolution.json (the smallest rank-1 difference the run can resolve:
+    `stats.resolvable_difference`) and 95% intervals of rank-1 in summary.csv and the plot."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(rows)
@@ -144,18 +145,24 @@ def save_results(rows: list[dict], out_dir: str | Path, n_boot: int = 2000) -> d
     def per_query(row):
         return loaded[row.get("result_dir")]
 
-    intervals = stats.setting_intervals(rows, per_query, n_boot=n_boot)
+    intervals = stats.setting_intervals(rows, per_query)
     summary = summary_over_seeds(frame)
     if not intervals.empty:
         summary = summary.merge(intervals, on=SETTINGS_COLUMNS, how="left")
-    comparisons = stats.scenario_comparisons(rows, per_query, n_boot=n_boot)
+    comparisons = stats.scenario_comparisons(rows, per_query)
     shipped = shipped_frame(rows)
     paths = {"csv": out_dir / "results.csv", "parquet": out_dir / "results.parquet",
              "summary": out_dir / "summary.csv", "plot": out_dir / "flops_vs_rank1.png",
              "metrics": out_dir / "metrics.json", "comparisons": out_dir / "comparisons.csv",
-             "shipped": out_dir / "shipped.csv"}
+             "shipped": out_dir / "shipped.csv", "resolution": out_dir / "resolution.json"}
     contents = {"csv": lambda: frame.to_csv(index=False).encode(), "parquet": lambda: frame.to_parquet(index=False),
                 "summary": lambda: summary.to_csv(index=False).encode()}
+    resolvable = stats.resolvable_difference(comparisons)
+    if resolvable is not None:
+        resolvable["line"] = stats.resolution_line(resolvable)
+        contents["resolution"] = lambda: (json.dumps(resolvable, indent=2) + "\n").encode()
+    else:
+        paths.pop("resolution").unlink(missing_ok=True)
     # Optional tables: none without per-query results / shipped models, and none left from an earlier run.
     for kind, table in (("comparisons", comparisons), ("shipped", shipped)):
         if table.empty:
@@ -177,6 +184,12 @@ def load_results(out_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no results at {path}; run `reid-prune run` (or `dvc repro`) first")
     return pd.read_csv(path)
+
+
+def load_resolution(out_dir: str | Path) -> dict | None:
+    """resolution.json of a report folder (`save_results`), or None without comparisons."""
+    path = Path(out_dir) / "resolution.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_comparisons(out_dir: str | Path) -> pd.DataFrame | None:

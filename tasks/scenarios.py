@@ -159,9 +159,13 @@ def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None)
     with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
     if tracker:
-        for kind in ("csv", "summary", "plot", "comparisons"):  # comparisons: only with per-query results
+        for kind in ("csv", "summary", "plot", "comparisons", "resolution"):  # comparisons: only with per-query results
             if kind in paths:
                 tracker.artifact(paths[kind], "scenarios")
+        if "resolution" in paths:  # the smallest rank-1 difference this run can resolve, on the parent run
+            resolution = json.loads(Path(paths["resolution"]).read_text())
+            tracker.metrics({"resolvable_rank1_points": 100 * resolution["half_width"]})
+            tracker.tags({"how_sure": resolution["line"]})
         aliases = set_best_aliases(settings, rows)
         tracker.params({"registry_aliases": aliases} if aliases else {})
     return paths

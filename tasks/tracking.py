@@ -103,6 +103,11 @@ class Tracker:
         if batch:
             retrying(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
+    def tags(self, values: dict) -> None:
+        """Tags, unlike params, may change when a resumed run reports again."""
+        for key, value in values.items():
+            retrying(lambda key=key, value=value: self.client.set_tag(self.run_id, key, str(value)))
+
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
         retrying(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 

@@ -51,3 +51,18 @@ def test_the_same_criterion_under_two_allocations_is_compared_too(tmp_path):
     (test_rank1,) = [r for r in records if r["split"] == "test" and r["metric"] == "rank1"]
     assert test_rank1["comparison"] == "l2: own vs uniform allocation"  # ALLOCATIONS' order: own first
     assert test_rank1["diff"] == pytest.approx(0.5) and test_rank1["seeds"] == [0, 1]
+
+
+def test_each_distinct_pair_of_runs_is_counted_once(tmp_path):
+    """l1 under the shared l1 allocation is l1 under its own: one run, so no 'own vs shared_l1'
+    comparison of l1 with itself and no second copy of its comparisons (issue 31)."""
+    hits = {"plfp": [1, 1, 0, 0], "l1": [1, 0, 0, 0]}
+    rows = [{**_row(tmp_path / allocation, seed, criterion, hits[criterion]), "allocation": allocation}
+            for seed in (0, 1) for allocation in ("own", "shared_l1") for criterion in ("plfp", "l1")]
+    part = tmp_path / "a.json"
+    part.write_text(json.dumps(rows))
+    _, records = merge_target_runs([part], None)
+    names = [r["comparison"] for r in records if r["split"] == "test" and r["metric"] == "rank1"]
+    assert sorted(names) == ["l1 vs plfp (own allocation)", "l1 vs plfp (shared_l1 allocation)",
+                             "plfp: own vs shared_l1 allocation"]
+    assert all(r["family"] and "p_holm" in r for r in records)

@@ -5,8 +5,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from reid_models.data.readers import read_csv_manifest
-from reid_models.stats import PER_QUERY_FILE, load_per_query
+from reid_models.stats import PER_QUERY_FILE, load_per_query, resolvable_difference, scenario_comparisons
 from tests.conftest import PARAMS, quick_overrides, write_csv_domain
 from tests.test_flow import TINY, prefect_harness  # noqa: F401  (fixture)
 
@@ -51,6 +53,22 @@ def test_quick_pipeline_runs_on_csv_manifests(prefect_harness, tmp_path):  # noq
     # Identities are colour-coded: after supervised adaptation the model retrieves far above chance.
     chance = 1 / len({pid for _, pid, _ in target.query})
     assert rows["adapt_only"]["rank1"] > 3 * chance
+
+    # How sure the run can be: a tiny test split resolves only large differences, and says so.
+    resolution = json.loads(Path(result["paths"]["resolution"]).read_text())
+    assert resolution["n_queries"] == len(target.query) and resolution["n_seeds"] == 1
+    assert resolution["line"].startswith(f"with {len(target.query)} test queries")
+    assert "one seed" in resolution["line"] and 100 * resolution["half_width"] > 10  # ~24 queries: coarse
+    # The same comparisons on the first half of the test identities: fewer queries, a larger limit.
+    kept = sorted({pid for _, pid, _ in target.query})[:len({pid for _, pid, _ in target.query}) // 2]
+
+    def first_half(row: dict) -> dict:
+        arrays = load_per_query(Path(row["result_dir"]) / PER_QUERY_FILE)
+        keep = np.isin(arrays["pid"], kept)
+        return {key: value[keep] for key, value in arrays.items()}
+
+    halved = resolvable_difference(scenario_comparisons(result["rows"], first_half))
+    assert halved["n_queries"] < resolution["n_queries"] and halved["half_width"] > resolution["half_width"]
 
 
 def test_the_generated_dataset_is_a_two_camera_csv_with_arbitrary_names(tmp_path):
