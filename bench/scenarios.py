@@ -22,6 +22,7 @@ import logging
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from bench.settings_cli import settings_parser
@@ -29,8 +30,8 @@ from reid_models import stages
 from reid_models.config import Settings, load_settings
 from reid_models.report import load_comparisons, save_results
 from reid_models.scenarios import check_budget, expand_grid, pretrain_small_dense, run_scenario
-from reid_models.stats import (comparison_records, format_comparison, resolution_line, resolvable_difference,
-                               verdict_text)
+from reid_models.stats import (comparison_records, format_comparison, per_query_from_archive, resolution_line,
+                               resolvable_difference, save_per_query_archive, scenario_comparisons, verdict_text)
 
 
 def seed_overrides(base: Settings, seed: int) -> list[str]:
@@ -45,6 +46,11 @@ def seed_overrides(base: Settings, seed: int) -> list[str]:
 def comparisons_path(json_path: Path) -> Path:
     """Where a bench writes its comparisons beside its rows: X.json -> X_comparisons.json."""
     return json_path.with_name(f"{json_path.stem}_comparisons.json")
+
+
+def per_query_path(json_path: Path) -> Path:
+    """Where bench.scenarios keeps the rows' per-query results: X.json -> X_per_query.npz."""
+    return json_path.with_name(f"{json_path.stem}_per_query.npz")
 
 
 def settings_for_seed(params: str, profile: str, overrides: list[str], seed: int) -> Settings:
@@ -140,13 +146,37 @@ def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
     return lines
 
 
+def print_comparisons(rows: list[dict], comparisons: list[dict], json_path: Path | None) -> None:
+    """Write the comparisons beside the rows' JSON, and print them with the grid's answers."""
+    if json_path:
+        comparisons_path(json_path).write_text(json.dumps(comparisons, indent=2) + "\n")
+    print("paired comparisons, A - B in points over seeds with a 95% interval (seeds and query identities); "
+          "resolved = the interval excludes 0 and Holm's correction within its table keeps it:")
+    for comparison in comparisons:
+        print(format_comparison(comparison))
+    for line in answers(rows, comparisons):
+        print(line)
+    if comparisons and (resolvable := resolvable_difference(pd.DataFrame(comparisons))):
+        print(f"how sure: {resolution_line(resolvable)}")
+
+
 def main() -> None:
     parser = settings_parser(__doc__)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each reruns the whole pipeline")
     parser.add_argument("--json", type=Path, help="write the rows here (after every seed), the paired comparisons "
-                                                  "beside it as <stem>_comparisons.json")
+                                                  "beside it as <stem>_comparisons.json and the per-query results "
+                                                  "as <stem>_per_query.npz")
+    parser.add_argument("--from-json", action="store_true", help="train nothing: recompute the comparisons of "
+                        "--json's rows from its <stem>_per_query.npz (e.g. after a change of reid_models.stats)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.from_json:
+        if not args.json or not per_query_path(args.json).is_file():
+            parser.error("--from-json needs --json X.json with X_per_query.npz beside it")
+        rows = json.loads(args.json.read_text())
+        frame = scenario_comparisons(rows, per_query_from_archive(per_query_path(args.json)))
+        print_comparisons(rows, comparison_records(frame), args.json)
+        return
 
     seeds = [int(s) for s in args.seeds.split(",")]
     all_settings = [settings_for_seed(args.params, args.profile, args.overrides, s) for s in seeds]  # fail fast
@@ -157,6 +187,8 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             published = [{"scenario": r["name"], "target_reduction": r["flops_reduction"], **r} for r in rows]
             args.json.write_text(json.dumps(published, indent=2) + "\n")
+    if args.json:
+        save_per_query_archive(per_query_path(args.json), rows)
     paths = save_results(rows, Path(all_settings[0].outputs) / "bench" / "scenarios")
     print(f"{'scenario':>13} {'criterion':>9} {'FLOPs-':>6} {'adaptation':>12} {'seed':>4} {'GFLOPs':>7} "
           f"{'rank1':>6} {'mAP':>6} {'images':>7}")
@@ -164,17 +196,7 @@ def main() -> None:
         print(f"{r['name']:>13} {r['criterion']:>9} {r['flops_reduction']:>6g} {r['adaptation']:>12} {r['seed']:>4} "
               f"{r['flops'] / 1e9:>7.3f} {100 * r['rank1']:>6.1f} {100 * r['mAP']:>6.1f} {r['images_seen']:>7}")
     frame = load_comparisons(Path(paths["csv"]).parent)
-    comparisons = [] if frame is None else comparison_records(frame)
-    if args.json:
-        comparisons_path(args.json).write_text(json.dumps(comparisons, indent=2) + "\n")
-    print("paired comparisons, A - B in points over seeds with a 95% interval (seeds and query identities); "
-          "resolved = the interval excludes 0 and Holm's correction within its table keeps it:")
-    for comparison in comparisons:
-        print(format_comparison(comparison))
-    for line in answers(rows, comparisons):
-        print(line)
-    if frame is not None and (resolvable := resolvable_difference(frame)):
-        print(f"how sure: {resolution_line(resolvable)}")
+    print_comparisons(rows, [] if frame is None else comparison_records(frame), args.json)
     print(f"table: {paths['summary']}  plot: {paths['plot']}")
 
 

@@ -85,6 +85,33 @@ def load_per_query(path: str | Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def run_name(row: Mapping) -> str:
+    """A result row's run: the name of its result folder (the scenario key, seed included)."""
+    return Path(row["result_dir"]).name
+
+
+def save_per_query_archive(path: str | Path, rows: Sequence[Mapping]) -> Path:
+    """The per-query results of every row in one compressed file (`<run>::<array>` entries), so a
+    bench's comparisons can be recomputed from docs/ alone, without the outputs/ folder."""
+    arrays = {}
+    for row in rows:
+        per_query = per_query_of_row(row)
+        if per_query is not None:
+            arrays.update({f"{run_name(row)}::{key}": value for key, value in per_query.items()})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write(path, buffer.getvalue())
+
+
+def per_query_from_archive(path: str | Path) -> Callable[[Mapping], dict[str, np.ndarray] | None]:
+    """A `per_query` function for `scenario_comparisons` that reads `save_per_query_archive`'s file."""
+    by_run: dict[str, dict[str, np.ndarray]] = {}
+    for entry, value in load_per_query(path).items():
+        run, _, key = entry.partition("::")
+        by_run.setdefault(run, {})[key] = value
+    return lambda row: by_run.get(run_name(row)) if row.get("result_dir") else None
+
+
 # --------------------------------------------------------------------------- the interval
 
 

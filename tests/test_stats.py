@@ -22,12 +22,14 @@ from reid_models.stats import (
     half_width,
     holm,
     load_per_query,
+    per_query_from_archive,
     mean_interval,
     paired_difference,
     per_query_of_row,
     resolution_line,
     resolvable_difference,
     save_per_query,
+    save_per_query_archive,
     scenario_comparisons,
     setting_intervals,
     variance_terms,
@@ -424,6 +426,21 @@ def test_the_report_writes_comparisons_and_intervals_from_result_dirs(tmp_path):
         del row["result_dir"]
     paths = save_results(rows, tmp_path / "report")
     assert "comparisons" not in paths and load_comparisons(tmp_path / "report") is None
+
+
+def test_a_bench_archive_of_per_query_results_gives_the_same_comparisons(tmp_path):
+    """bench.scenarios keeps every row's per-query results in one file beside its JSON, so the
+    docs' verdicts can be recomputed without the outputs/ folder (--from-json)."""
+    rows = _grid_rows()
+    arrays = _fake_per_query(rows)
+    for row in rows:
+        row["result_dir"] = str(save_per_query(tmp_path / "runs" / row["id"] / "per_query.npz", arrays[row["id"]]).parent)
+    archive = save_per_query_archive(tmp_path / "grid_per_query.npz", rows)
+    from_dirs = scenario_comparisons(rows)
+    for row in rows:  # the outputs are gone; the archive remains
+        row["result_dir"] = f"/nowhere/{row['id']}"
+    from_archive = scenario_comparisons(rows, per_query_from_archive(archive))
+    pd.testing.assert_frame_equal(from_dirs, from_archive)
 
 
 def test_bench_answers_name_a_winner_only_when_resolved():
