@@ -6,6 +6,7 @@ of the scenario grid as the report and the benches use them.
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 
@@ -484,3 +485,23 @@ def test_bench_pruning_compares_each_criterion_with_plfp_over_the_seeds_both_ran
     assert l1["b"] == "plfp" and l1["verdict"] == "B better" and l1["seeds"] == [0, 1, 2]
     same = records[("random", "target", "rank1")]
     assert same["seeds"] == [0, 1] and same["diff"] == 0.0 and not same["resolved"]
+
+
+def test_the_audit_of_old_verdicts_calls_lost_only_what_the_seed_term_alone_cannot_resolve(tmp_path):
+    """bench.reverdict: the interval is at least as wide as its seed term, so a comparison that
+    the seed term leaves open is lost for certain; one it resolves stays open until re-run."""
+    from bench.reverdict import audit, seed_term_bound
+
+    low, high, p = seed_term_bound([0.029, 0.003, 0.031])  # re-clustering every epoch, test (RESULTS 6e)
+    assert low < 0 < high and p > 0.05
+
+    def record(name, per_seed, resolved=True):
+        return {"comparison": name, "metric": "rank1", "split": "test", "kind": "k", "n_seeds": len(per_seed),
+                "per_seed": per_seed, "diff": float(np.mean(per_seed)), "ci_low": 0.001, "ci_high": 0.2,
+                "resolved": resolved}
+    path = tmp_path / "x_comparisons.json"
+    path.write_text(json.dumps([record("spread", [0.029, 0.003, 0.031]), record("steady", [0.10, 0.105, 0.11]),
+                                record("single", [0.05]), record("null", [0.01, -0.01, 0.0], resolved=False)]))
+    verdicts = dict(zip(*audit([path])[["comparison", "now"]].to_numpy().T))
+    assert verdicts == {"spread": "lost", "steady": "open: re-run to decide", "single": "one seed: no verdict",
+                        "null": "not resolved (was not)"}
