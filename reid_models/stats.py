@@ -356,7 +356,7 @@ SettingKey = tuple[str, str, str, float]  # (adaptation, scenario name, criterio
 
 COMPARISON_COLUMNS = ["comparison", "kind", "a", "b", "adaptation", "flops_reduction", "metric", "mean_a", "mean_b",
                       "diff", "ci_low", "ci_high", "p_value", "per_seed", "seeds", "n_seeds", "n_queries", "n_ids",
-                      "evidence", "resolved", "verdict", "winner", "family", "p_holm", "resolved_holm"]
+                      "evidence", "resolved", "verdict", "winner", "family", "p_holm", "resolved_holm", "half_width"]
 SCENARIO_FAMILY = ("adaptation", "kind", "metric")  # one table of the report: Holm adjusts within it
 
 
@@ -451,8 +451,10 @@ def scenario_comparisons(rows: Sequence[Mapping], per_query: Callable[[Mapping],
                                        metric, a=label_a, b=label_b, seeds=seeds)
             records.append({"comparison": f"{label_a} vs {label_b}", "kind": kind, "adaptation": second[0],
                             "flops_reduction": max(first[3], second[3]), **result.as_dict()})
-    frame = pd.DataFrame(records, columns=[c for c in COMPARISON_COLUMNS if c not in ("family", "p_holm", "resolved_holm")])
-    return add_holm(frame, SCENARIO_FAMILY)[COMPARISON_COLUMNS]
+    frame = pd.DataFrame(records, columns=COMPARISON_COLUMNS[:COMPARISON_COLUMNS.index("family")])
+    frame = add_holm(frame, SCENARIO_FAMILY)
+    frame["half_width"] = (frame["ci_high"] - frame["ci_low"]) / 2  # the smallest |A - B| this row could resolve
+    return frame[COMPARISON_COLUMNS]
 
 
 def setting_intervals(rows: Sequence[Mapping], per_query: Callable[[Mapping], PerQuery | None] = per_query_of_row,
