@@ -47,6 +47,39 @@ def test_latency_budget_lands_on_the_predicted_target(resnet_and_table):
     assert count_flops(pruned, H, W) < count_flops(model, H, W)
 
 
+# What `prune.budget: latency` promises: the pruned network's *measured* batch-1 latency within 5
+# points of the target (issue 15's goal in bench/latency.py and docs/RESULTS.md section 4, which
+# measured 51.7% and 51.0% at a 50% target with nothing else running).
+LATENCY_TOLERANCE = 0.05
+# The test runs on a 2-core machine beside other jobs, where the pruning's own timings (the table,
+# then two 30-round corrections) carry noise into the result: 25 runs beside two benchmarks landed
+# between 45.0% and 55.1% (1 in 5 outside 5 points). Two points more keep the test from flaking
+# and still fail a budget that is not about latency (a FLOPs budget measures a 25% cut here) or a
+# correction that pushes the wrong way; the table alone (44-46% here) is not told apart.
+TIMING_NOISE = 0.02
+
+
+def test_latency_budget_lands_on_its_target_when_the_result_is_timed(tmp_path):
+    """The table only models the machine; the budget is about time. So the pruned network is
+    timed against the unpruned one with the project's own timing (alternated, medians of more
+    rounds than the pruning's corrections use) and must land within the stated tolerance."""
+    # params.yaml's input size, as RESULTS section 4 timed, on one thread: at 64 x 32 a forward
+    # takes 5 ms and, beside other jobs, the table's fit and the corrections turned to noise
+    # (17% to 79% for a 50% target).
+    height, width = 128, 64
+    torch.manual_seed(0)
+    model = ReIDNet("resnet18", num_classes=7).eval()
+    unpruned = copy.deepcopy(model)
+    settings = PruneSettings(criterion="l1", flops_reduction=0.5, mode="oneshot", budget="latency",
+                             latency_threads=1, latency_cache=str(tmp_path))
+    assert settings.latency_corrections > 0  # the default: the aim is corrected by timing the result
+    report = prune_model(model, build_criterion("l1", 3), settings, None, torch.device("cpu"), height, width,
+                         progress=False)
+    measured = latency.measured_reduction(unpruned, model, height, width, threads=1, rounds=100)
+    assert abs(measured - 0.5) <= LATENCY_TOLERANCE + TIMING_NOISE, \
+        f"measured latency cut {measured:.3f} for a 0.5 target (FLOPs cut {report.measured_reduction:.3f})"
+
+
 def test_cache_is_keyed_on_machine_threads_and_network(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = ReIDNet("resnet18", num_classes=7).eval()

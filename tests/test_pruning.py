@@ -73,6 +73,36 @@ def test_plfp_removes_filters_that_neighbours_can_replace():
     assert set(PLFP(k=1).select(FilterGroup("ring", ring), 1)) <= {0, 1}
 
 
+def redundant_large_cluster(k: int, quota: int) -> tuple[FilterGroup, set[int]]:
+    """A group where only a *local* criterion finds the redundant filters: k + quota near-copies
+    of one large filter (any of them can stand in for the others) far from a bulk of small,
+    spread-out filters. Norms keep the copies (they are the largest) and the summed distance to
+    all filters keeps them too (they are far from the bulk, where FPGM's median lies)."""
+    generator = torch.Generator().manual_seed(0)
+    dims = 27  # a 3x3 conv over 3 channels
+    bulk = 0.5 * torch.randn(12, dims, generator=generator)  # pairwise ~4 apart, norms ~2.6
+    direction = torch.nn.functional.normalize(torch.randn(dims, generator=generator), dim=0)
+    copies = 10 * direction + 0.01 * torch.randn(k + quota, dims, generator=generator)
+    filters = torch.cat([bulk[:5], copies, bulk[5:]])  # the copies are not first or last
+    return FilterGroup("conv", filters), set(range(5, 5 + k + quota))
+
+
+@pytest.mark.parametrize("wrong", ["l1", "l2", "fpgm"])
+def test_plfp_choice_is_local_and_differs_from_norms_and_the_geometric_median(wrong):
+    """PLFP removes near-copies even when they are large and far from the rest: the choice
+    no norm or global criterion makes, so the test fails if one of them stands in for PLFP."""
+    k, quota = PruneSettings().plfp_k, 2
+    group, copies = redundant_large_cluster(k, quota)
+
+    def removes_copies(criterion) -> bool:
+        chosen = criterion.select(group, quota)
+        return len(chosen) == quota and set(chosen) <= copies
+
+    assert removes_copies(build_criterion("plfp", plfp_k=k))
+    assert not removes_copies(build_criterion(wrong, plfp_k=k))
+    assert not set(build_criterion(wrong, plfp_k=k).select(group, quota)) & copies  # it keeps every copy
+
+
 def test_plfp_falls_back_to_the_global_rule_when_k_covers_every_filter():
     torch.manual_seed(1)
     group = FilterGroup("conv", torch.randn(6, 5))
@@ -213,6 +243,91 @@ def test_progressive_pruning_stage_on_tiny_data(tiny_domains, tmp_path):
     assert count_flops(pruned, 64, 32) == report["flops_after"]
     assert pruned.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 512)
     assert (tmp_path / "prune" / "architecture.json").is_file()
+
+
+def decay_trace(schedule: str, monkeypatch) -> dict:
+    """Progressive pruning (PLFP, 3 epochs, the decays after epochs 1 and 2, zero after 3) on a
+    tiny set, with a learning rate so small that only the pruner changes the weights. Returns,
+    per pruning step, every group's filters just before it and just after it, and its selection."""
+    from reid_models.pruning.prune import ChannelSelector
+    from tests.test_recovery import tiny_set
+
+    steps: list[dict] = []
+    select = ChannelSelector.select
+
+    def spy(self, *args, **kwargs):
+        before = {g.name: g.filters.clone() for g in self.graph.filter_groups()}
+        selection = select(self, *args, **kwargs)
+        steps.append({"graph": self.graph, "before": before, "selection": selection})
+        return selection
+
+    def after_step(record: dict) -> None:  # train_model calls it after the epoch hook
+        if steps and "after" not in steps[-1]:
+            steps[-1]["after"] = {g.name: g.filters.clone() for g in steps[-1]["graph"].filter_groups()}
+
+    monkeypatch.setattr(ChannelSelector, "select", spy)
+    recipe = PruneSettings().finetune.model_copy(update={"epochs": 3, "warmup_epochs": 0, "lr": 1e-12,
+                                                         "ids_per_batch": 3, "images_per_id": 4,
+                                                         "batches_per_epoch": 1})
+    settings = PruneSettings(criterion="plfp", schedule=schedule, remove_at=1.0, distill=False,
+                             bn_recalibration_batches=0, finetune=recipe, flops_reduction=0.2)
+    model = trained_looking("resnet18")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine two threads wait on each other: 4x slower here
+    try:
+        report = prune_model(model, build_criterion("plfp", settings.plfp_k), settings, tiny_set(),
+                             torch.device("cpu"), H, W, on_epoch=after_step, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return {"steps": steps, "decay": settings.decay, "removed": {n: c["removed"] for n, c in report.channels.items()}}
+
+
+def check_progressive_decay(trace: dict) -> None:
+    steps, decay = trace["steps"], trace["decay"]
+    assert len(steps) == 3 and all("after" in step for step in steps) and 0 < decay < 1
+    original = steps[0]["before"]
+    times_selected = {name: torch.zeros(len(filters)) for name, filters in original.items()}
+    for epoch, step in enumerate(steps):
+        last = epoch == len(steps) - 1
+        for name, before in step["before"].items():
+            chosen = torch.zeros(len(before), dtype=torch.bool)
+            chosen[step["selection"].get(name, [])] = True
+            factor = torch.where(chosen, torch.tensor(0.0 if last else decay), torch.tensor(1.0))[:, None]
+            # This step multiplied its selection by the decay (zero at the end) and left the rest.
+            assert torch.allclose(step["after"][name], before * factor, rtol=1e-6, atol=1e-9), (epoch, name)
+            if not last:
+                times_selected[name] += chosen
+                # Since the start: decay ** (times selected), e.g. decay ** 2 after two selections.
+                expected = original[name] * decay ** times_selected[name][:, None]
+                assert torch.allclose(step["after"][name], expected, rtol=1e-5, atol=1e-8), (epoch, name)
+    twice = sum(int((n == 2).sum()) for n in times_selected.values())
+    assert twice > 0, "no channel was selected after both epochs: decay ** 2 was never checked"
+    assert trace["removed"] == {n: len(c) for n, c in steps[-1]["selection"].items()}  # what was zeroed went
+
+
+@pytest.mark.parametrize("schedule", ["legacy", "gradual"])
+def test_progressive_pruning_decays_the_selection_every_epoch(schedule, monkeypatch):
+    """PLFP is soft and progressive: after each epoch the selected filters are multiplied by
+    `decay` (twice selected: decay ** 2), and only the last step zeroes them before removal."""
+    check_progressive_decay(decay_trace(schedule, monkeypatch))
+
+
+@pytest.mark.parametrize("schedule", ["legacy", "gradual"])
+def test_the_decay_check_fails_a_pruner_that_only_zeroes_at_the_end(schedule, monkeypatch):
+    """The check above has teeth: hard pruning in disguise (nothing decays, the selection is
+    zeroed after the last epoch) does not pass it."""
+    from reid_models.pruning.prune import GradualPruner, ProgressivePruner
+
+    def zero_at_the_end(self, epoch: int) -> None:
+        selection = self.selector.select()
+        if epoch >= self.last:
+            self.selector.graph.scale_channels(selection, 0.0)
+
+    for pruner in (ProgressivePruner, GradualPruner):
+        monkeypatch.setattr(pruner, "after_epoch", zero_at_the_end)
+    trace = decay_trace(schedule, monkeypatch)
+    with pytest.raises(AssertionError):
+        check_progressive_decay(trace)
 
 
 def test_prune_command_rejects_a_checkpoint_of_another_architecture(tmp_path):
