@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as distributions
 
-from reid_models.stats import FAMILY_ERROR, holm
+from reid_models.stats import FAMILY_ERROR, add_holm
 
 
 def load_records(path: Path) -> list[dict]:
@@ -49,6 +49,8 @@ def audit(paths: list[Path]) -> pd.DataFrame:
     records = []
     for path in paths:
         for record in load_records(path):
+            if "p_holm" in record:
+                continue  # written with the new interval already: nothing to audit
             kind = record.get("kind") or ("allocations" if " vs " in str(record.get("allocation", "")) else "")
             row = {"file": path.name, "comparison": record["comparison"], "split": record.get("split", "test"),
                    "metric": record["metric"], "kind": kind, "adaptation": record.get("adaptation"),
@@ -59,10 +61,10 @@ def audit(paths: list[Path]) -> pd.DataFrame:
                 row["seed_low"], row["seed_high"], row["seed_p"] = seed_term_bound(record["per_seed"])
             records.append(row)
     frame = pd.DataFrame(records)
-    frame["family"] = frame[["file", "split", "metric", "kind", "adaptation"]].fillna("").astype(str).agg(" / ".join, axis=1)
-    frame["seed_p_holm"] = np.nan
-    for _, members in frame[frame["n_seeds"] > 1].groupby("family"):
-        frame.loc[members.index, "seed_p_holm"] = holm(members["seed_p"].to_numpy())
+    frame["adaptation"] = frame["adaptation"].fillna("")
+    adjusted = add_holm(frame.assign(p_value=frame["seed_p"], resolved=True),
+                        ("file", "split", "metric", "kind", "adaptation"))
+    frame["family"], frame["seed_p_holm"] = adjusted["family"], adjusted["p_holm"]
     seed_resolved = (frame["seed_low"] > 0) | (frame["seed_high"] < 0)
     frame["now"] = np.select(
         [frame["n_seeds"] <= 1, ~frame["old_resolved"], ~seed_resolved, frame["seed_p_holm"] >= FAMILY_ERROR],

@@ -184,7 +184,8 @@ def estimate(values_by_seed: Sequence[np.ndarray], pids_by_seed: Sequence[np.nda
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     sums, counts = identity_table(values_by_seed, pids_by_seed)
-    per_seed, seed_term, shared_term = (float(x) if np.ndim(x) == 0 else x for x in variance_terms(sums, counts))
+    per_seed, seed_term, shared_term = variance_terms(sums, counts)
+    seed_term, shared_term = float(seed_term), float(shared_term)
     n_seeds, n_ids = sums.shape
     mean = float(np.mean(per_seed))
     half = float(half_width(seed_term, shared_term, n_seeds, n_ids, confidence))
