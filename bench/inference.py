@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from reid_models import export as exporting
+from reid_models import shipping
 from reid_models.complexity import count_flops, fold_batchnorm, size_on_disk
 from reid_models.config import PruneSettings
 from reid_models.models import ReIDNet
@@ -131,7 +132,7 @@ def runtime_rows(args, scratch: Path) -> list[dict]:
 def quantization_aware_file(model, payload: dict, settings, args, folder: Path, calibration: torch.Tensor) -> Path:
     """`model` after `--qat-epochs` of quantisation-aware fine-tuning (`ship.quantize: int8_qat`'s
     recipe), exported and quantised like the PTQ file: the int8 QAT row."""
-    model = exporting.quantization_aware_model(model, payload, settings, args.qat_epochs)
+    model = shipping.quantization_aware_model(model, payload, settings, args.qat_epochs)
     height, width = settings.data.height, settings.data.width
     fp32 = exporting.export_onnx(model, folder / "model.qat.onnx", height, width, {})
     return exporting.quantize_int8(fp32, folder / "model.qat.int8.onnx", exporting.normalise(calibration),
@@ -149,9 +150,9 @@ def shipping_rows(args, scratch: Path) -> list[dict]:
         payload = load_checkpoint(checkpoint)
         model = model_from_payload(payload, str(checkpoint)).eval()
         settings = Settings.model_validate(payload["settings"])
-        domain = exporting.model_domain(payload)
+        domain = shipping.model_domain(payload)
         height, width = settings.data.height, settings.data.width
-        calibration = exporting.domain_training_images(payload, domain, args.calibration_images)
+        calibration = shipping.domain_training_images(payload, domain, args.calibration_images)
         folder = scratch / str(index)
         folder.mkdir()
         fp32 = exporting.export_onnx(model, folder / "model.onnx", height, width, {})

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -27,11 +26,12 @@ import torch
 
 from bench.settings_cli import settings_parser
 from reid_models import stages
+from reid_models.answer import answers
 from reid_models.config import Settings, load_settings
 from reid_models.report import load_comparisons, save_results
 from reid_models.scenarios import check_budget, expand_grid, pretrain_small_dense, run_scenario
 from reid_models.stats import (comparison_records, format_comparison, per_query_from_archive, resolution_line,
-                               resolvable_difference, save_per_query_archive, scenario_comparisons, verdict_text)
+                               resolvable_difference, save_per_query_archive, scenario_comparisons)
 
 
 def seed_overrides(base: Settings, seed: int) -> list[str]:
@@ -80,70 +80,6 @@ def run_seed(settings: Settings) -> list[dict]:
                      row["flops"] / 1e9, row["seconds"])
         rows.append(row)
     return rows
-
-
-def mean_rank1(rows: list[dict], **match) -> float | None:
-    values = [r["rank1"] for r in rows if all(r[k] == v for k, v in match.items())]
-    return statistics.mean(values) if values else None
-
-
-def _claim(comparison: dict) -> str:
-    """`A vs B +1.2 [+0.3, +2.7]: resolved, A better` or `...: not resolved` (rank-1 points;
-    `stats.verdict_text`)."""
-    verdict = verdict_text(comparison)
-    return (f"{comparison['comparison']} {100 * comparison['diff']:+.1f} [{100 * comparison['ci_low']:+.1f}, "
-            f"{100 * comparison['ci_high']:+.1f}]: {verdict}")
-
-
-def _stage_winner(stage_comparisons: list[dict]) -> str | None:
-    """The stage resolved better than every other stage it was compared with (after Holm), if any."""
-    labels = {c[side] for c in stage_comparisons for side in ("a", "b")}
-    for label in sorted(labels):
-        involved = [c for c in stage_comparisons if label in (c["a"], c["b"])]
-        if len(involved) == len(labels) - 1 and all(
-                c["resolved_holm"] and c["winner"] == label for c in involved):
-            return label
-    return None
-
-
-def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
-    """The questions the grid answers, on target rank-1: a winner only where its paired comparison
-    is resolved after Holm's correction, otherwise "not resolved"."""
-    lines = []
-    rank1 = [c for c in comparisons if c["metric"] == "rank1"]
-    for mode in sorted({r["adaptation"] for r in rows} - {"none"}):
-        reference = mean_rank1(rows, name="adapt_only", adaptation=mode)
-        for reduction in sorted({c["flops_reduction"] for c in rank1 if c["adaptation"] == mode} - {0.0}):
-            group = [c for c in rank1 if c["adaptation"] == mode and c["flops_reduction"] == reduction]
-            where = f"{mode} @ -{reduction:g} FLOPs"
-            stage_comparisons = [c for c in group if c["kind"] == "stages"]
-            for criterion in sorted({c["a"].split("[")[-1].rstrip("]") for c in stage_comparisons}):
-                same = [c for c in stage_comparisons if c["a"].endswith(f"[{criterion}]")]
-                winner = _stage_winner(same)
-                means = {}
-                for c in same:
-                    means[c["a"]], means[c["b"]] = c["mean_a"], c["mean_b"]
-                lines.append(f"{where}, where to prune: " + (f"{winner} (resolved against every other stage)" if winner
-                             else "not resolved (" + ", ".join(f"{k} {100 * v:.1f}" for k, v in means.items()) + ")"))
-            for kind, title in (("vs_small_dense", "prune or train small"), ("vs_plfp", "criterion vs PLFP"),
-                                ("vs_adapt_short", "vs adaptation at the same epochs"),
-                                ("vs_adapt_only", f"vs adapt_only ({100 * reference:.1f})" if reference is not None
-                                 else "vs adapt_only")):
-                claims = [_claim(c) for c in group if c["kind"] == kind]
-                if claims:
-                    lines.append(f"{where}, {title}: " + "; ".join(claims))
-        unpruned = [c for c in rank1 if c["adaptation"] == mode and c["flops_reduction"] == 0.0]
-        if unpruned:
-            lines.append(f"{mode}, adaptation: " + "; ".join(_claim(c) for c in unpruned))
-    source_only = mean_rank1(rows, name="source_only")
-    supervised = mean_rank1(rows, name="adapt_only", adaptation="supervised")
-    unsupervised = mean_rank1(rows, name="adapt_only", adaptation="unsupervised")
-    if None not in (source_only, supervised, unsupervised) and supervised > source_only:
-        closed = (unsupervised - source_only) / (supervised - source_only)
-        lines.append(f"direct transfer {100 * source_only:.1f} -> unsupervised {100 * unsupervised:.1f} "
-                     f"(supervised {100 * supervised:.1f}), means over seeds: unsupervised closes {100 * closed:.0f}% "
-                     "of the gap")
-    return lines
 
 
 def print_comparisons(rows: list[dict], comparisons: list[dict], json_path: Path | None) -> None:

@@ -2,7 +2,7 @@
 
     python -m bench.ship_cost outputs/full/scenarios/prune_during-plfp-0.5-supervised-seed0/model.pt
 
-Times, at one torch thread (a scenario worker's), the parts of `reid_models.export.ship_scenario`
+Times, at one torch thread (a scenario worker's), the parts of `reid_models.shipping.ship_scenario`
 that do not scale with the test images: the ONNX export and its check, int8 calibration on 300
 training images, and MLflow's onnx flavour; then probes inference speed at one thread and prints
 the cost as the inference images it takes as long as (how `reid_models.estimate` prices it).
@@ -23,6 +23,7 @@ def main() -> None:
     import onnx
 
     from reid_models import export as exporting
+    from reid_models import shipping
     from reid_models.checkpoint import load_checkpoint
     from reid_models.config import load_settings
     from reid_models.probe import probe_speed
@@ -34,7 +35,7 @@ def main() -> None:
     checkpoint = sys.argv[1]
     payload = load_checkpoint(checkpoint)
     model = model_from_payload(payload, checkpoint)
-    images = exporting.domain_training_images(payload, exporting.model_domain(payload), 16 + 300)
+    images = shipping.domain_training_images(payload, shipping.model_domain(payload), 16 + 300)
     height, width = images.shape[-2:]
     with tempfile.TemporaryDirectory() as scratch:
         began = time.perf_counter()

@@ -117,9 +117,12 @@ def _stopped_by(error: BaseException) -> int | None:
     return number
 
 
-def _report_stop(number: int, outputs: str) -> None:
+def _report_stop(number: int, outputs: str | None) -> None:
     from reid_models.stopping import exit_code
 
+    if outputs is None:
+        console.print(f"stopped ({signal.Signals(number).name}) before any work started.", style="bold")
+        raise typer.Exit(code=exit_code(number))
     console.print(f"stopped ({signal.Signals(number).name}). Kept under {outputs}/: every finished stage and "
                   "scenario, and the last finished epoch of each running one (MLflow runs marked KILLED). "
                   "Run the same command again to resume.", style="bold")
@@ -205,6 +208,14 @@ def _print_results(settings, paths: dict) -> None:
 
     if resolution := load_resolution(Path(paths["csv"]).parent):
         console.print(f"How sure: {resolution['line']}")
+    from reid_models.answer import headline
+    from reid_models.report import load_comparisons
+
+    rows = load_results(Path(paths["csv"]).parent).rename(columns={"scenario": "name"}).to_dict("records")
+    comparisons = load_comparisons(Path(paths["csv"]).parent)
+    for sentence in headline(rows, [] if comparisons is None else comparisons.to_dict("records"),
+                             resolution["line"] if resolution else None)[:2]:  # the third is "How sure" above
+        console.print(sentence, style="bold", markup=False)
     console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open {ui_url(settings)}")
 
 
@@ -255,24 +266,32 @@ def run(profile: ProfileOption = None, set_: SetOption = None, params: ParamsOpt
     line (stage, scenarios done, elapsed, remaining) follows as the run goes."""
     _setup_logging()
     _stop_on_signals()
-    settings = _checked_settings(profile, set_, params)  # fail fast, before Prefect starts
-    _log_to_file(settings.outputs)
-    if flows.SERVED_PREFECT_API:
-        console.print(f"Prefect: reporting to the running `make serve` server ({flows.SERVED_PREFECT_API})")
-    speed = _probe(settings, probe_seconds) if probe_seconds > 0 else None
-    _use_temporary_prefect_server()
-    if speed:
-        _print_estimate(settings, speed)
-    from flows.prune_adapt import prune_adapt
-
+    outputs = None  # a stop before the settings are read has kept nothing
     try:
-        result = prune_adapt(profile=profile, overrides=set_ or [], params=params, speed=speed)
+        settings = _checked_settings(profile, set_, params, inputs=True)  # fail fast, before Prefect starts
+        outputs = settings.outputs
+        _log_to_file(settings.outputs)
+        if flows.SERVED_PREFECT_API:
+            console.print(f"Prefect: reporting to the running `make serve` server ({flows.SERVED_PREFECT_API})")
+        speed = _probe(settings, probe_seconds) if probe_seconds > 0 else None
+        _use_temporary_prefect_server()
+        if speed:
+            _print_estimate(settings, speed)
+        from flows.prune_adapt import ScenariosFailed, prune_adapt
+
+        try:
+            result = prune_adapt(profile=profile, overrides=set_ or [], params=params, speed=speed)
+        except ScenariosFailed as error:  # the others finished: their table, then the failures, exit 1
+            if error.paths:
+                _print_results(settings, error.paths)
+            console.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(code=1)
     except _user_errors() as error:
         _fail(error)
-    except BaseException as error:
+    except BaseException as error:  # a signal (at any point: the probe, the imports, the flow) or a bug
         if (number := _stopped_by(error)) is None:
             raise
-        _report_stop(number, settings.outputs)
+        _report_stop(number, outputs)
     _print_results(settings, result["paths"])
 
 
@@ -326,13 +345,19 @@ def _print_estimate(settings, speed: dict) -> None:
     console.print(describe(plan) + note, style="bold")
 
 
-def _checked_settings(profile: str | None, overrides: list[str] | None, params: str):
-    """params.yaml with the overrides, checked as the flows check it (without importing Prefect)."""
+def _checked_settings(profile: str | None, overrides: list[str] | None, params: str, inputs: bool = False):
+    """params.yaml with the overrides, checked as the flows check it (without importing Prefect);
+    with `inputs`, every path the run reads or writes too (reid_models.preflight), in seconds."""
     from reid_models.config import load_settings
-    from reid_models.scenarios import check_budget
 
     try:
         settings = load_settings(params, profile, overrides or [])
+        if inputs:  # before check_budget: its imports (the whole pipeline) take seconds more
+            from reid_models.preflight import check_run_inputs
+
+            check_run_inputs(settings)
+        from reid_models.scenarios import check_budget
+
         check_budget(settings)
     except (*_user_errors(), ValueError) as error:
         _fail(error)
@@ -397,19 +422,25 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios 
             stop_with_process(dvc)  # dvc itself, when a shell that did not exec sits between
     if name not in flows.STAGE_NAMES:
         _fail(ValueError(f"unknown stage {name!r}; valid: {', '.join(flows.STAGE_NAMES)}"))
-    settings = _checked_settings(profile, set_, params)
-    _log_to_file(settings.outputs)
-    _use_temporary_prefect_server()
-    from flows.prune_adapt import STAGE_FLOWS
-
+    outputs = None
     try:
-        result = STAGE_FLOWS[name](profile=profile, overrides=set_ or [], params=params)
+        settings = _checked_settings(profile, set_, params, inputs=True)
+        outputs = settings.outputs
+        _log_to_file(settings.outputs)
+        _use_temporary_prefect_server()
+        from flows.prune_adapt import STAGE_FLOWS, ScenariosFailed
+
+        try:
+            result = STAGE_FLOWS[name](profile=profile, overrides=set_ or [], params=params)
+        except ScenariosFailed as error:
+            console.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(code=1)
     except (*_user_errors(), FileNotFoundError) as error:
         _fail(error)
     except BaseException as error:
         if (number := _stopped_by(error)) is None:
             raise
-        _report_stop(number, settings.outputs)
+        _report_stop(number, outputs)
     if name == "report":
         _print_results(settings, result["paths"])
 
@@ -476,13 +507,19 @@ def prune(checkpoint: Annotated[Path, typer.Option(help="a trained model.pt")],
           profile: ProfileOption = None, set_: SetOption = None, params: ParamsOption = "params.yaml") -> None:
     """Prune a trained model and fine-tune it (data and fine-tuning settings from params.yaml's prune section)."""
     _setup_logging()
+    from reid_models.checkpoint import load_checkpoint
     from reid_models.config import load_settings
+    from reid_models.preflight import check_domain, check_writable_folder
     from reid_models.stages import prune as prune_checkpoint
 
     chosen = {"prune.criterion": criterion, "prune.flops_reduction": flops_reduction, "prune.mode": mode}
     overrides = [*(set_ or []), *(f"{key}={value}" for key, value in chosen.items() if value is not None)]
     try:
         settings = load_settings(params, profile, overrides)
+        load_checkpoint(checkpoint)  # the inputs first, in seconds: then the long work
+        data = settings.prune.data
+        check_domain(data, getattr(settings.data, data), settings.data)
+        check_writable_folder("--out", str(out))
         result = prune_checkpoint(settings, checkpoint, out)
     except (*_user_errors(), ValueError) as error:
         _fail(error)
@@ -509,7 +546,9 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned o
            check_images: Annotated[int, typer.Option(help="real images on which ONNX must equal PyTorch")] = 32) -> None:
     """Export a model's feature extractor for serving (ONNX Runtime), optionally as int8."""
     from reid_models import export as exporting
+    from reid_models import shipping
     from reid_models.checkpoint import load_checkpoint
+    from reid_models.preflight import check_writable_folder
     from reid_models.stages import model_from_payload
 
     _setup_logging()
@@ -523,14 +562,15 @@ def export(checkpoint: Annotated[Path, typer.Argument(help="a model.pt (pruned o
                          f"{', '.join(exporting.CALIBRATION_METHODS)}"))
     try:
         payload = load_checkpoint(checkpoint)
+        check_writable_folder("--out", str(out))
         model = model_from_payload(payload, str(checkpoint))
-        domain = exporting.model_domain(payload)
+        domain = shipping.model_domain(payload)
         wanted = check_images + (calibration_images if int8 else 0)
-        images = exporting.domain_training_images(payload, domain, wanted)
+        images = shipping.domain_training_images(payload, domain, wanted)
         if quantize == "int8_qat":
             from reid_models.config import Settings
 
-            model = exporting.quantization_aware_model(model, payload, Settings.model_validate(payload["settings"]),
+            model = shipping.quantization_aware_model(model, payload, Settings.model_validate(payload["settings"]),
                                                        qat_epochs or None)
     except (*_user_errors(), FileNotFoundError) as error:
         _fail(error)

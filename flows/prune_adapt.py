@@ -10,9 +10,10 @@ elsewhere): the same code for all. Each stage is also a flow of its own (`prune-
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import contextmanager
 import signal
+from contextlib import contextmanager
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
@@ -22,6 +23,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows import STAGE_NAMES, progress
 from reid_models import stopping
 from reid_models.config import Settings, load_settings
+from reid_models.preflight import check_run_inputs
 from reid_models.estimate import SOURCE_MODEL, thin_beside_source, thin_pretraining
 from reid_models.scenarios import check_budget, expand_grid
 from reid_models.stopping import StopRequested
@@ -30,10 +32,15 @@ from tasks.scenarios import (finished_rows, outputs_present, pretrain_small_dens
 from tasks.stages import data_summary_path, prepare_data, pretrain, source_checkpoint_path
 from tasks.tracking import Tracker, close_orphaned_runs, tracked_run
 
+log = logging.getLogger(__name__)
+
 
 def settings_for(profile: str | None, overrides: list[str] | None, params: str) -> Settings:
+    """The settings, and every path they name, checked in seconds: a deployment run started from
+    the Prefect UI fails as early, and with the same one line, as the CLI."""
     settings = load_settings(params, profile, overrides or [])
     check_budget(settings)  # unequal batch shapes would make the scenarios' budgets unequal
+    check_run_inputs(settings)
     return settings
 
 
@@ -57,9 +64,19 @@ def _cached(task, present: bool):
     return task if present else task.with_options(refresh_cache=True)
 
 
+class ScenariosFailed(RuntimeError):
+    """Some scenarios raised; the others finished and were reported (`paths`)."""
+
+    def __init__(self, failed: list[dict], paths: dict | None = None) -> None:
+        names = "; ".join(f"{item['scenario']}: {item['error']}" for item in failed)
+        super().__init__(f"{len(failed)} scenario(s) failed ({names}); the others' results are in the report")
+        self.failed, self.paths = failed, paths
+
+
 @flow(name="scenario-grid")
-def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) -> list[dict]:
-    """Every scenario of the grid as a task; the task runner decides how many run at once."""
+def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) -> dict:
+    """Every scenario of the grid as a task; the task runner decides how many run at once. A
+    scenario that raises does not stop the others: it is listed under `failed`."""
     grid = expand_grid(settings)
     small_dense = {}
     for reduction in sorted({s.flops_reduction for s in grid if s.name == "small_dense"}):
@@ -70,24 +87,38 @@ def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) ->
         else None, parent_run_id) for scenario in grid]
     pieces = {**{future: thin_pretraining(r) for r, future in small_dense.items()},
               **{future: scenario.key for future, scenario in zip(futures, grid)}}
-    with workers_stop_with_this_thread():
+    with workers_stop_with_this_thread(cancel_on_failure=False):
         for future in as_completed(list(pieces)):  # in the order they finish, for the progress line
             progress.finished(pieces[future])
-        return [future.result() for future in futures]
+        rows, failed = [], []
+        for future, scenario in zip(futures, grid):
+            try:
+                rows.append(future.result())
+            except Exception as error:  # noqa: BLE001 -- reported, and the command exits non-zero
+                log.error("scenario %s failed: %s", scenario.key, error)
+                failed.append({"scenario": scenario.key, "error": str(error).splitlines()[0] if str(error)
+                               else type(error).__name__})
+        return {"rows": rows, "failed": failed}
 
 
 @contextmanager
-def workers_stop_with_this_thread():
+def workers_stop_with_this_thread(cancel_on_failure: bool = True):
     """A stop signal reaches the main thread; work running in a task runner's threads, which the
-    runner waits for on exit, is asked to stop at its next batch."""
+    runner waits for on exit, is asked to stop at its next batch. So is it when this thread's
+    required work fails (`cancel_on_failure`): the run then ends in seconds, not when the work
+    beside it has finished for nothing."""
     try:
         yield
     except (KeyboardInterrupt, StopRequested, TerminationSignal) as error:
         stopping.request_stop(getattr(error, "signal", None) or getattr(error, "signal_number", signal.SIGINT))
         raise
+    except Exception as error:
+        if cancel_on_failure:
+            stopping.cancel(f"cancelled: a required piece of the run failed ({type(error).__name__})")
+        raise
 
 
-def run_grid(settings: Settings, source: str, tracker: Tracker | None) -> list[dict]:
+def run_grid(settings: Settings, source: str, tracker: Tracker | None) -> dict:
     runner = scenario_grid.with_options(task_runner=task_runner_for(settings))
     return runner(settings, source, tracker.run_id if tracker else None)
 
@@ -120,9 +151,24 @@ def pretrain_side_by_side(settings: Settings, tracker: Tracker | None) -> str:
 @flow(name="prune-adapt")
 def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
                 params: str = "params.yaml", speed: dict | None = None) -> dict:
-    """The whole pipeline: one parent MLflow run, a child run per scenario. With `speed` (the
-    machine's probe, `reid_models.estimate.Speed` fields), a progress line with the time left."""
+    """The whole pipeline: one parent MLflow run, a child run per scenario, and the answer as
+    Prefect artifacts (a results table, three sentences with the FLOPs-vs-rank-1 figure, links to
+    MLflow). A required piece that fails (data, pretraining) ends the run in seconds; a scenario
+    that fails leaves the others' results and ends the run FAILED, naming it.
+
+    Args:
+        profile: a profile of params.yaml: quick (minutes), default (the everyday grid) or full
+            (the benchmarks' grid). Example: quick
+        overrides: settings over the profile, as `KEY.PATH=VALUE` strings (the CLI's -S).
+            Example: ["data.target.kind=csv", "data.target.path=/data/my_cameras/manifest.csv",
+            "scenarios.seeds=[0,1,2]"]
+        params: the settings file, relative to the project folder the server runs in.
+            Example: params.yaml
+        speed: the machine's measured speed (`reid-prune run` passes its probe) for the progress
+            line's time left; leave empty.
+    """
     settings = settings_for(profile, overrides, params)  # bad settings fail here, before any work
+    stopping.reset_cancel()  # an earlier flow run's, in a long-lived process
     close_orphaned_runs(settings)
     tracking = progress.start(settings, speed)
     with tracked_run(settings, f"prune-adapt-{settings.profile}") as tracker:
@@ -138,10 +184,14 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
         source = pretrain_side_by_side(settings, tracker)
         tracker.artifact(source, "pretrain")
         progress.start_stage("scenarios")
-        rows = run_grid(settings, source, tracker)
+        grid = run_grid(settings, source, tracker)
+        if not grid["rows"]:
+            raise ScenariosFailed(grid["failed"])  # nothing to report
         progress.start_stage("report")
-        rows = ship_all(settings, rows, tracker)
-        paths = report(settings, rows, tracker)
+        rows = ship_all(settings, grid["rows"], tracker)
+        paths = report(settings, rows, tracker, grid["failed"])
+        if grid["failed"]:
+            raise ScenariosFailed(grid["failed"], paths)  # the parent run and the flow run end FAILED
     return {"rows": rows, "paths": paths}
 
 
@@ -165,7 +215,11 @@ def scenarios_stage(profile: str | None = None, overrides: list[str] | None = No
     settings = settings_for(profile, overrides, params)
     close_orphaned_runs(settings)
     with tracked_run(settings, f"scenarios-{settings.profile}") as tracker:
-        return ship_all(settings, run_grid(settings, str(source_checkpoint_path(settings)), tracker), tracker)
+        grid = run_grid(settings, str(source_checkpoint_path(settings)), tracker)
+        rows = ship_all(settings, grid["rows"], tracker)
+        if grid["failed"]:
+            raise ScenariosFailed(grid["failed"])
+        return rows
 
 
 @flow(name="prune-adapt-report")

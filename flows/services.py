@@ -100,7 +100,8 @@ def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports
         "deployments": ([sys.executable, "-m", "flows.serve"],
                         [f"{ports.prefect_api}/deployments/name/prune-adapt/{name}" for name in DEPLOYMENTS],
                         # a queued run starts within 2 s instead of Prefect's default 10 s poll
-                        {"PREFECT_RUNNER_POLL_FREQUENCY": "2", **env, "PREFECT_API_URL": ports.prefect_api}),
+                        {"PREFECT_RUNNER_POLL_FREQUENCY": "2", **env, "PREFECT_API_URL": ports.prefect_api,
+                         "REID_PRUNE_MLFLOW_UI": ports.mlflow_url}),
     }
     state: dict = {}
     try:

@@ -1,12 +1,17 @@
-"""What the user sees in the MLflow UI: a screenshot and the rendered page's text, from a real browser.
+"""What the user sees in the MLflow and Prefect UIs: a screenshot and the rendered page's text,
+from a real browser (headless Chromium, Debian package `chromium`).
 
-Starts `mlflow ui` on the run's tracking store (127.0.0.1, a free port), opens the link that
-`reid-prune run` prints (the experiment's runs, chart view, FLOPs-vs-rank-1 saved view) in headless
-Chromium (Debian package `chromium`), saves a screenshot and returns the page's rendered DOM, so a
-test can check that the scenario runs are listed.
+MLflow: starts `mlflow ui` on the run's tracking store (127.0.0.1, a free port), opens the link
+that `reid-prune run` prints (the experiment's runs, chart view, FLOPs-vs-rank-1 saved view), saves
+a screenshot and checks that the scenario runs are listed.
 
     .venv/bin/reid-prune run --profile quick
     .venv/bin/python -m flows.ui_snapshot --profile quick --out docs/img/mlflow_ui.png
+
+Prefect: the Artifacts tab of a flow run on a running Prefect server with its UI (`make serve`),
+and checks that the run's artifacts (results table, answer, MLflow link) are on the page.
+
+    .venv/bin/python -m flows.ui_snapshot --prefect-flow-run <flow run id> --out docs/img/prefect_artifacts.png
 """
 
 from __future__ import annotations
@@ -68,6 +73,17 @@ def snapshot(url: str, out: Path, wait_ms: int = 20000, size: str = "1600,1250")
     return dom.stdout
 
 
+def prefect_snapshot(flow_run_id: str, out: Path, ui: str) -> None:
+    """The flow run's Artifacts tab; exits 1 unless each artifact's description is on the page."""
+    url = f"{ui}/runs/flow-run/{flow_run_id}?tab=Artifacts"
+    dom = snapshot(url, out, size="1600,1400")
+    wanted = ("Every trained model", "Where to prune, in three sentences", "The MLflow parent run")
+    found = [text for text in wanted if text in dom]
+    print(f"{url}\nscreenshot: {out}; artifacts on the page: {len(found)} of {len(wanted)}")
+    if len(found) < len(wanted):
+        sys.exit(1)
+
+
 def main() -> None:
     from reid_models.config import load_settings, tracking_uri
     from tasks.tracking import ui_url
@@ -77,7 +93,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/img/mlflow_ui.png"))
+    parser.add_argument("--prefect-flow-run", help="a flow run id: screenshot its Artifacts tab instead")
+    parser.add_argument("--prefect-ui", default="http://127.0.0.1:4200", help="the Prefect server's UI")
     args = parser.parse_args()
+    if args.prefect_flow_run:
+        return prefect_snapshot(args.prefect_flow_run, args.out, args.prefect_ui)
     settings = load_settings(args.params, args.profile, args.overrides)
     with mlflow_ui(tracking_uri(settings.tracking)) as base:
         url = ui_url(settings, base)

@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,14 +68,39 @@ def save_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")  # a zip archive (torch.save since 1.6) or a legacy pickle
+
+
+def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(weights_only=True)` with its failures in one line of our own: torch's messages
+    run to many lines and suggest `weights_only=False`, the unsafe load this project refuses."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train one first (e.g. `make run`) or fix the path")
+        kind = "a folder, not a file" if path.is_dir() else "not found"
+        raise CheckpointError(f"{what} {path}: {kind}; fix the path (e.g. outputs/pretrain/model.pt)")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head.startswith(TORCH_FILE_MAGIC):
+        raise CheckpointError(f"not a PyTorch checkpoint: {path} ({what}; it is neither a torch.save zip archive "
+                              "nor a legacy torch file); give a .pt file written by torch.save")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, or one holding pickled objects
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {error}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise CheckpointError(f"{what} {path} holds Python objects besides tensors, and reid-prune never runs "
+                                  "pickled code when it loads a file; save a plain state_dict instead "
+                                  "(torch.save(model.state_dict(), path))") from None
+        raise CheckpointError(f"{what} {path} is damaged ({type(error).__name__}); write it again") from None
+    except Exception as error:  # noqa: BLE001 -- a truncated or partly copied file
+        raise CheckpointError(f"{what} {path} is damaged or truncated ({type(error).__name__}); write it again "
+                              "(or copy it again)") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found; train one first (e.g. `make run`) or fix the path")
+    payload = read_torch_file(path)
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"checkpoint {path} has no 'state_dict'; it was not written by reid-prune")
     return payload

@@ -28,7 +28,7 @@ from reid_models.data.readers import ReIDSplits, hold_out_validation, read_datas
 # a training step on random tensors at batch 64, over-prices.
 OVERHEAD = 1.0
 LATENCY_TIMING_IMAGES = 250  # `complexity.measure`: warm-ups, 10 x batch 1, 5 x batch 32
-# Shipping each final model after the grid (reid_models.export.ship_scenario): tracing the export,
+# Shipping each final model after the grid (reid_models.shipping.ship_scenario): tracing the export,
 # the ONNX Runtime check, int8 calibration, MLflow's onnx flavour. Not image-bound; priced as the
 # inference images it takes as long as; its target-test scoring is counted apart.
 EXPORT_IMAGES = 1100  # 6.8-9.4 s at 127-137 inference images/s, 1 thread, two runs: `python -m bench.ship_cost` (RESULTS s.4)

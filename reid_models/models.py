@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reid_models.checkpoint import CheckpointError
+from reid_models.checkpoint import CheckpointError, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,12 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a local weights file: a plain state_dict or a checkpoint holding one under
     "state_dict" (or "model"). Loaded with weights_only=True: no pickled code runs."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"pretrain.init: weights file {path} not found (nothing is downloaded). {INIT_FIX}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 -- corrupt file, not a torch file, or pickled objects
-        raise CheckpointError(f"pretrain.init: {path} cannot be loaded as weights (torch.load with "
-                              f"weights_only=True): {error}. {INIT_FIX}") from None
+        payload = read_torch_file(path, "pretrain.init weights file")
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}. {INIT_FIX}") from None
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):
             if isinstance(payload.get(key), dict):

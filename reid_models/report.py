@@ -18,7 +18,7 @@ MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_bef
            "prune_after": ">", "small_dense": "D"}
 COLOURS = {"supervised": "tab:blue", "unsupervised": "tab:orange", "none": "tab:gray"}
 SETTINGS_COLUMNS = ["scenario", "criterion", "flops_reduction", "adaptation"]
-# What the model is as shipped (reid_models.export.ship_scenario): ONNX Runtime, int8 by default.
+# What the model is as shipped (reid_models.shipping.ship_scenario): ONNX Runtime, int8 by default.
 SHIPPED_COLUMNS = ["shipped_rank1", "shipped_mAP", "shipped_size_bytes", "shipped_latency_ms", "shipped_throughput_ips"]
 
 

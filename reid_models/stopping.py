@@ -18,14 +18,17 @@ import threading
 
 _requested = threading.Event()
 _signal_number: int | None = None
+_reason: str | None = None  # a cancel's: the required piece that failed
 
 
 class StopRequested(BaseException):
-    """The user asked the process to stop (SIGINT or SIGTERM); raised at the next batch."""
+    """The user asked the process to stop (SIGINT or SIGTERM), or a required piece of the run
+    failed and the work beside it is cancelled; raised at the next batch."""
 
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signal_number).name}")
+    def __init__(self, signal_number: int | None, reason: str | None = None) -> None:
+        super().__init__(reason or f"stopped by {signal.Signals(signal_number or signal.SIGINT).name}")
         self.signal_number = signal_number
+        self.reason = reason
 
 
 def request_stop(signal_number: int = signal.SIGINT) -> None:
@@ -36,22 +39,38 @@ def request_stop(signal_number: int = signal.SIGINT) -> None:
         _requested.set()
 
 
+def cancel(reason: str) -> None:
+    """Stop the work running beside a required piece that failed (e.g. the thin network's
+    pretraining when the source model's fails): the same next-batch stop, without a signal."""
+    global _reason
+    if not _requested.is_set():
+        _reason = reason
+        _requested.set()
+
+
 def stop_requested() -> int | None:
-    """The signal that asked to stop, or None while nobody has."""
+    """The signal that asked to stop, or None while nobody has (a cancel has no signal)."""
     return _signal_number if _requested.is_set() else None
 
 
 def check() -> None:
-    """Raise StopRequested if a stop was asked for; call it once per batch."""
+    """Raise StopRequested if a stop or a cancel was asked for; call it once per batch."""
     if _requested.is_set():
-        raise StopRequested(_signal_number or signal.SIGINT)
+        raise StopRequested(_signal_number if _reason is None else None, _reason)
 
 
 def reset() -> None:
     """Forget a stop request (tests, and a long-lived process that starts new work)."""
-    global _signal_number
+    global _signal_number, _reason
     _requested.clear()
     _signal_number = None
+    _reason = None
+
+
+def reset_cancel() -> None:
+    """Forget an earlier run's cancel (not a signal: the user's stop still stands)."""
+    if _reason is not None:
+        reset()
 
 
 def exit_code(signal_number: int) -> int:

@@ -18,8 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from reid_models import report as results
 from reid_models import scenarios
+from reid_models.checkpoint import save_json
 from reid_models.config import Settings
-from reid_models.export import saved_shipping
+from reid_models.shipping import saved_shipping
+from tasks.artifacts import publish_report
 from tasks.stages import CACHED, transient
 from tasks.tracking import Tracker, register_model, set_best_aliases, tracked_run
 
@@ -119,13 +121,13 @@ def with_shipping(row: dict, variants: list[dict]) -> dict:
 @task(name="ship", task_run_name="ship-{scenario_key}", cache_policy=NO_CACHE)
 def ship(settings: Settings, row: dict, scenario_key: str, tracker: Tracker | None = None) -> dict:
     """A finished scenario's model as it ships, once per `ship.quantize` choice
-    (reid_models.export.ship_scenario: ONNX, int8 or not, scored and timed under ONNX Runtime).
+    (reid_models.shipping.ship_scenario: ONNX, int8 or not, scored and timed under ONNX Runtime).
     With a tracker, its child run gets each variant's figures as metrics (`ship.<choice>.*`; the
     first choice also as `shipped_*`), the first choice's files in its `model` folder (MLflow's
     onnx flavour beside model.pt, so the registry version carries what a serving runtime loads)
     and the others' under `shipped/<choice>`. Run after the grid, one model at a time: the
     exporter traces the network, which must not happen beside a scenario still training."""
-    from reid_models.export import ship_folder, ship_scenario
+    from reid_models.shipping import ship_folder, ship_scenario
 
     limit_threads(settings)
     out_dir = scenarios_dir(settings) / scenario_key
@@ -154,10 +156,13 @@ def ship_all(settings: Settings, rows: list[dict], tracker: Tracker | None = Non
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None) -> dict:
-    """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json;
-    with a tracker, also the Model Registry aliases of the best model per FLOPs budget."""
+def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None,
+           failed: list[dict] | None = None) -> dict:
+    """Results table (CSV + parquet), summary over seeds, FLOPs-vs-rank-1 plot, metrics.json,
+    failed.json (the scenarios that raised, with their error; [] when none); with a tracker, also
+    the Model Registry aliases of the best model per FLOPs budget."""
     paths = results.save_results(rows, report_dir(settings))
+    paths["failed"] = str(save_json(report_dir(settings) / "failed.json", failed or []))
     if tracker:
         for kind in ("csv", "summary", "plot", "comparisons", "resolution"):  # comparisons: only with per-query results
             if kind in paths:
@@ -168,4 +173,9 @@ def report(settings: Settings, rows: list[dict], tracker: Tracker | None = None)
             tracker.tags({"how_sure": resolution["line"]})
         aliases = set_best_aliases(settings, rows)
         tracker.params({"registry_aliases": aliases} if aliases else {})
+        versions = {row["key"]: row.get("model_version") for row in rows}
+        publish_report(settings, rows, paths, failed or [], tracker.experiment_id(), tracker.run_id,
+                       {alias: versions[key] for alias, key in aliases.items() if versions.get(key)})
+    else:
+        publish_report(settings, rows, paths, failed or [])
     return paths

@@ -103,6 +103,9 @@ class Tracker:
         if batch:
             retrying(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
+    def experiment_id(self) -> str:
+        return retrying(lambda: self.client.get_run(self.run_id)).info.experiment_id
+
     def tags(self, values: dict) -> None:
         """Tags, unlike params, may change when a resumed run reports again."""
         for key, value in values.items():

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from reid_models import export as exporting
+from reid_models import shipping
 from reid_models.checkpoint import save_checkpoint
 from reid_models.config import load_settings
 from reid_models.pruning.criteria import build_criterion
@@ -126,7 +127,7 @@ def test_int8_qat_ships_an_unsupervised_model_fine_tuned_on_its_own_pseudo_label
                                                                 test_transform()), torch.device("cpu")),
                              train.camids, ClusterSettings(**settings.adapt.cluster.model_dump()))
 
-    fields = exporting.ship_scenario(out, settings)
+    fields = shipping.ship_scenario(out, settings)
     assert fields["shipped_as"] == "onnx int8_qat" and 0.0 <= fields["shipped_rank1"] <= 1.0
     assert fields["shipped_size_bytes"] < fields["onnx_fp32_size_bytes"]
     [train_set] = trained_on

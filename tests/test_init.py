@@ -134,7 +134,7 @@ def test_unreadable_files_and_non_state_dicts_are_refused_naming_the_file(tmp_pa
     model = ReIDNet("resnet18", num_classes=10)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
-    with pytest.raises(CheckpointError, match=rf"{garbage} cannot be loaded as weights"):
+    with pytest.raises(CheckpointError, match=rf"not a PyTorch checkpoint: {garbage} \(pretrain.init weights file"):
         load_backbone_weights(model, garbage)
     listed = tmp_path / "list.pth"
     torch.save([1, 2, 3], listed)

@@ -58,13 +58,39 @@ def test_serve_run_the_deployment_and_stop(tiny_domains, tmp_path):
         api = f"http://127.0.0.1:{prefect_port}/api"
         assert get_json(f"{api}/health") is True
 
-        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick", "--params",
-                              json.dumps({"overrides": overrides, "params": str(PARAMS)}), "--watch"],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=900,
+        # As README shows it: the served deployment pointed at other data and grid through --param.
+        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick",
+                              "--param", f"overrides={json.dumps(overrides)}", "--param", f"params={PARAMS}",
+                              "--watch"], capture_output=True, text=True, cwd=tmp_path, timeout=900,
                              env={**env, "PREFECT_API_URL": api})
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
         assert get_json(f"{api}/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+        assert (tmp_path / "outputs" / "report" / "results.csv").is_file()  # the overrides' outputs folder
+
+        # The answer where the user looks: table, markdown and link artifacts of this flow run.
+        artifacts = get_json(f"{api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+        by_key = {a["key"]: a for a in artifacts}
+        assert {"prune-adapt-quick-results", "prune-adapt-quick-answer", "prune-adapt-quick-mlflow-run",
+                "prune-adapt-quick-best-flops50-supervised"} <= set(by_key), sorted(by_key)
+        assert by_key["prune-adapt-quick-results"]["type"] == "table"
+        table = json.loads(by_key["prune-adapt-quick-results"]["data"])
+        assert sorted(row["scenario"] for row in table) == ["prune_during", "source_only"]
+        answer = by_key["prune-adapt-quick-answer"]
+        assert answer["type"] == "markdown" and "Where to prune" in answer["data"]
+        assert "data:image/png;base64," in answer["data"]  # the FLOPs-vs-rank-1 figure
+        assert by_key["prune-adapt-quick-mlflow-run"]["type"] == "link"
+        assert by_key["prune-adapt-quick-mlflow-run"]["data"].startswith(f"http://127.0.0.1:{mlflow_port}/#/experiments/")
+
+        # A bad override fails the flow run in seconds, with the CLI's one line as its state message.
+        bad = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick", "--param",
+                              f"overrides={json.dumps([*overrides, 'pretrain.init=' + str(tmp_path / 'none.pth')])}",
+                              "--param", f"params={PARAMS}", "--watch"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300, env={**env, "PREFECT_API_URL": api})
+        bad_id = re.search(r"UUID: ([0-9a-f-]{36})", bad.stdout).group(1)
+        state = get_json(f"{api}/flow_runs/{bad_id}")["state"]
+        assert state["type"] == "FAILED" and f"pretrain.init: weights file {tmp_path / 'none.pth'} not found" \
+            in state["message"], state
 
         mlflow = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow"
         experiment = get_json(f"{mlflow}/experiments/search", {"max_results": 10})["experiments"]

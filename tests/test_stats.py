@@ -445,7 +445,7 @@ def test_a_bench_archive_of_per_query_results_gives_the_same_comparisons(tmp_pat
 
 
 def test_bench_answers_name_a_winner_only_when_resolved():
-    from bench.scenarios import answers
+    from reid_models.answer import answers
 
     rows = _grid_rows(seeds=(0, 1, 2), criteria=("plfp",))
     arrays = _fake_per_query(rows)
@@ -464,6 +464,31 @@ def test_bench_answers_name_a_winner_only_when_resolved():
                  f"{verdict}")
         assert claim in text
     assert "source_only vs adapt_only" in text and "adapt_only better" in text  # 0.3 vs 0.7
+
+
+def test_the_runs_headline_names_a_stage_only_when_it_is_resolved_against_every_other():
+    from reid_models.answer import headline
+
+    rows = _grid_rows(seeds=(0, 1, 2), criteria=("plfp",))
+    for row in rows:
+        if row["name"] == "prune_during":
+            row["rank1"] = 0.95  # far ahead of before/after (0.65): resolved over 3 seeds x 200 queries
+    arrays = _fake_per_query(rows)
+    records = scenario_comparisons(rows, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
+    first, second, third = headline(rows, records, "differences under about 9 rank-1 points are not visible")
+    assert first.startswith("At -50% FLOPs (supervised adaptation), the best model is prune_during [plfp]: rank-1 95.0%")
+    assert "against 70.0% unpruned (adapt_only)" in first
+    assert second.startswith("Where to prune: prune_during[plfp], resolved against every other stage")
+    assert third == "How sure: differences under about 9 rank-1 points are not visible"
+
+    equal = _grid_rows(seeds=(0, 1, 2), criteria=("plfp",))  # every stage at 0.65
+    arrays = _fake_per_query(equal)
+    records = scenario_comparisons(equal, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
+    assert headline(equal, records, None)[1].startswith("Where to prune: not resolved by this run")
+    one_seed = _grid_rows(seeds=(0,), criteria=("plfp",))
+    arrays = _fake_per_query(one_seed)
+    records = scenario_comparisons(one_seed, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
+    assert "one seed is never called resolved" in headline(one_seed, records, None)[1]
 
 
 def test_bench_pruning_compares_each_criterion_with_plfp_over_the_seeds_both_ran():
