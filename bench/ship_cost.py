@@ -26,7 +26,7 @@ def main() -> None:
     from reid_models import shipping
     from reid_models.checkpoint import load_checkpoint
     from reid_models.config import load_settings
-    from reid_models.probe import probe_speed
+    from reid_models.speed_probe import probe_speed
     from reid_models.stages import model_from_payload
 
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():

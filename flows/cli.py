@@ -92,14 +92,14 @@ def _stop_on_signals() -> None:
     """SIGINT and SIGTERM stop the work at its next batch: the flag stops the scenario threads,
     the exception unwinds this (main) thread. Later signals (Prefect sends SIGTERM again as it
     leaves a flow run) are ignored, so the unwinding can mark the MLflow runs KILLED."""
-    from reid_models import stopping
+    from reid_models import signals
 
     def handler(signal_number: int, _frame) -> None:
-        if stopping.stop_requested() is not None:
+        if signals.stop_requested() is not None:
             return
         console.print(f"\n{signal.Signals(signal_number).name}: stopping at the next batch...", style="bold")
-        stopping.request_stop(signal_number)
-        raise stopping.StopRequested(signal_number)
+        signals.request_stop(signal_number)
+        raise signals.StopRequested(signal_number)
 
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, handler)
@@ -107,10 +107,10 @@ def _stop_on_signals() -> None:
 
 def _stopped_by(error: BaseException) -> int | None:
     """The signal behind an exception that ended the work, if the user asked to stop."""
-    from reid_models import stopping
+    from reid_models import signals
 
-    number = stopping.stop_requested()
-    if number is None and isinstance(error, (KeyboardInterrupt, stopping.StopRequested)):
+    number = signals.stop_requested()
+    if number is None and isinstance(error, (KeyboardInterrupt, signals.StopRequested)):
         number = getattr(error, "signal_number", signal.SIGINT)
     if number is None and type(error).__name__ == "TerminationSignal":  # Prefect's, raised in a flow run
         number = error.signal
@@ -118,7 +118,7 @@ def _stopped_by(error: BaseException) -> int | None:
 
 
 def _report_stop(number: int, outputs: str | None) -> None:
-    from reid_models.stopping import exit_code
+    from reid_models.signals import exit_code
 
     if outputs is None:
         console.print(f"stopped ({signal.Signals(number).name}) before any work started.", style="bold")
@@ -237,7 +237,7 @@ def doctor(seconds: Annotated[float, typer.Option(help="length of the speed prob
 
     import torch
 
-    from reid_models.probe import probe_speed
+    from reid_models.speed_probe import probe_speed
 
     _setup_logging()
     settings = _checked_settings(profile, set_, params)
@@ -321,7 +321,7 @@ def _probe(settings, seconds: float) -> dict:
     """The machine's probe (all cores: the figure timings are given with), then the probe at the
     pipeline's threads per worker, which prices the run (reid_models.estimate.Speed fields)."""
     from reid_models.estimate import measure_speed
-    from reid_models.probe import probe_speed
+    from reid_models.speed_probe import probe_speed
 
     _print_probe(probe_speed(settings, seconds / 2, threads=_usable_cores()))
     speed = measure_speed(settings, seconds / 2)
@@ -415,7 +415,7 @@ def stage(name: Annotated[str, typer.Argument(help="data | pretrain | scenarios 
     _setup_logging()
     _stop_on_signals()
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop with it, even when it alone is signalled
-        from reid_models.stopping import nearest_dvc_ancestor, stop_with_parent, stop_with_process
+        from reid_models.signals import nearest_dvc_ancestor, stop_with_parent, stop_with_process
 
         stop_with_parent()  # the shell dvc runs us through, or dvc itself
         if (dvc := nearest_dvc_ancestor()) is not None:

@@ -21,12 +21,12 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import STAGE_NAMES, progress
-from reid_models import stopping
+from reid_models import signals
 from reid_models.config import Settings, load_settings
 from reid_models.preflight import check_run_inputs
 from reid_models.estimate import SOURCE_MODEL, thin_beside_source, thin_pretraining
 from reid_models.scenarios import check_budget, expand_grid
-from reid_models.stopping import StopRequested
+from reid_models.signals import StopRequested
 from tasks.scenarios import (finished_rows, outputs_present, pretrain_small_dense, report, run_scenario, ship_all,
                              small_dense_dir)
 from tasks.stages import data_summary_path, prepare_data, pretrain, source_checkpoint_path
@@ -110,11 +110,11 @@ def workers_stop_with_this_thread(cancel_on_failure: bool = True):
     try:
         yield
     except (KeyboardInterrupt, StopRequested, TerminationSignal) as error:
-        stopping.request_stop(getattr(error, "signal", None) or getattr(error, "signal_number", signal.SIGINT))
+        signals.request_stop(getattr(error, "signal", None) or getattr(error, "signal_number", signal.SIGINT))
         raise
     except Exception as error:
         if cancel_on_failure:
-            stopping.cancel(f"cancelled: a required piece of the run failed ({type(error).__name__})")
+            signals.cancel(f"cancelled: a required piece of the run failed ({type(error).__name__})")
         raise
 
 
@@ -168,7 +168,7 @@ def prune_adapt(profile: str | None = None, overrides: list[str] | None = None,
             line's time left; leave empty.
     """
     settings = settings_for(profile, overrides, params)  # bad settings fail here, before any work
-    stopping.reset_cancel()  # an earlier flow run's, in a long-lived process
+    signals.reset_cancel()  # an earlier flow run's, in a long-lived process
     close_orphaned_runs(settings)
     tracking = progress.start(settings, speed)
     with tracked_run(settings, f"prune-adapt-{settings.profile}") as tracker:

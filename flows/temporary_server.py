@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from flows import answers
-from reid_models import stopping
+from reid_models import signals
 
 class TemporaryServerError(RuntimeError):
     """The server did not come up; the message names its log file."""
@@ -37,7 +37,7 @@ def free_port() -> int:
 def _die_with(parent: int):
     """The child's first act: ask for SIGTERM when its parent dies (and exit if it already has)."""
     def arm() -> None:
-        if not stopping.stop_with_parent(parent) or os.getppid() != parent:
+        if not signals.stop_with_parent(parent) or os.getppid() != parent:
             os._exit(1)
     return arm
 

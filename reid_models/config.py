@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reid_models.scenario_kinds import SCENARIO_NAMES
+
 ModelName = Literal["resnet18", "resnet50", "osnet_x0_25", "osnet_x1_0", "mobilenetv2_x1_0"]
 DatasetKind = Literal["synthetic", "market1501", "csv"]
 CriterionName = Literal["plfp", "l1", "l2", "fpgm", "taylor", "random"]
@@ -259,9 +261,8 @@ class AdaptSettings(Section):
     train: FinetuneSettings = FinetuneSettings(lr=0.0035)
 
 
-ScenarioName = Literal["source_only", "adapt_only", "adapt_short", "prune_before", "prune_during", "prune_after",
-                       "small_dense"]
-SCENARIO_NAMES: tuple[str, ...] = ScenarioName.__args__
+ScenarioName = Literal[SCENARIO_NAMES]  # reid_models/scenario_kinds.py: the one list of scenario kinds
+
 
 
 class ScenarioSettings(Section):

@@ -2,7 +2,7 @@
 
 Each piece of a run (rendering a domain, pretraining, one scenario) is counted in images: images
 rendered, training images (forward, loss, backward, step) and feature-extraction images
-(eval-mode forward: evaluation, clustering, latency timing). The probe (`reid_models.probe`)
+(eval-mode forward: evaluation, clustering, latency timing). The probe (`reid_models.speed_probe`)
 measures this machine's images/s for both at the threads a piece runs with, and a small renderer
 probe prices the synthetic data. The pretraining stage (the source model, and small_dense's thin
 network beside it on a free worker) and the scenario grid run `orchestration.workers` pieces at
@@ -143,7 +143,8 @@ def thin_beside_source(settings: Settings) -> list[float]:
 def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset()) -> Plan:
     """The pieces of `reid-prune run` on `settings`, minus those `finished` names (already on disk:
     SOURCE_MODEL, `thin_pretraining(r)`, scenario keys)."""
-    from reid_models.scenarios import PRUNING_SCENARIOS, expand_grid, images_budget
+    from reid_models.scenario_kinds import BY_NAME
+    from reid_models.scenarios import expand_grid, images_budget
 
     source, render_source = domain_splits("source", settings.data)
     target, render_target = domain_splits("target", settings.data)
@@ -175,8 +176,8 @@ def plan_run(settings: Settings, speed: Speed, finished: set[str] = frozenset())
                   // grid_settings.epochs}.get(scenario.name, budget)
         clustering = rounds * len(target.train) if scenario.adaptation == "unsupervised" else 0
         scoring = settings.prune.taylor_batches * settings.adapt.train.ids_per_batch \
-            * settings.adapt.train.images_per_id if scenario.name in PRUNING_SCENARIOS else 0
-        teacher = budget // 3 if settings.prune.distill and scenario.name in PRUNING_SCENARIOS else 0
+            * settings.adapt.train.images_per_id if BY_NAME[scenario.name].prunes else 0
+        teacher = budget // 3 if settings.prune.distill and BY_NAME[scenario.name].prunes else 0
         # Shipping runs after the grid, one model at a time; counted with its scenario, it is priced
         # in parallel with the others: some seconds too few on 2 workers.
         ship = settings.ship
@@ -205,7 +206,7 @@ def render_speed(data: DataSettings, images: int = 24) -> float:
 
 def measure_speed(settings: Settings, seconds: float = 10.0) -> Speed:
     """The probe at the threads the pipeline's pieces use (`orchestration.torch_threads`)."""
-    from reid_models.probe import probe_speed
+    from reid_models.speed_probe import probe_speed
 
     probe = probe_speed(settings, seconds, threads=settings.orchestration.torch_threads)
     return Speed(probe["train_images_per_s"], probe["inference_images_per_s"], render_speed(settings.data),

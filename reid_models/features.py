@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from reid_models import stopping
+from reid_models import signals
 from reid_models.data.loading import ImageSet
 
 
@@ -16,7 +16,7 @@ def extract_features(model: torch.nn.Module, images: ImageSet, device: torch.dev
     model.eval().to(device)
     chunks = []
     for batch, _, _ in DataLoader(images, batch_size=batch_size, shuffle=False):
-        stopping.check()
+        signals.check()
         batch = batch.to(device)
         features = model(batch)
         if flip:

@@ -108,9 +108,17 @@ class ClusterMemory(nn.Linear):
         self.temperature, self.momentum = temperature, momentum
         self._last_embedding: torch.Tensor | None = None
 
+    added_loss: str | None = None  # the training loop's hook (train.TrainingHook): no loss term of its own
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         self._last_embedding = embedding.detach()
         return nn.functional.normalize(embedding, dim=1) @ self.weight.t() / self.temperature
+
+    def loss_terms(self, images, out, labels: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def after_step(self, model: nn.Module, labels: torch.Tensor, cameras: torch.Tensor) -> None:
+        self.update(labels, cameras)
 
     @torch.no_grad()
     def update(self, labels: torch.Tensor, cameras: torch.Tensor | None = None) -> None:
@@ -146,9 +154,14 @@ class CameraProxyMemory(ClusterMemory):
         self.negatives, self.camera_weight = negatives, camera_weight
         self._embedding: torch.Tensor | None = None
 
+    added_loss = "camera"
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         self._embedding = embedding  # with its gradient: camera_terms is part of the loss
         return super().forward(embedding)
+
+    def loss_terms(self, images, out, labels: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.camera_terms(labels, cameras)
 
     def camera_terms(self, labels: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
         # Taken, not kept: a module holding a tensor of the autograd graph cannot be deep-copied.

@@ -7,16 +7,13 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from reid_models import stats
 from reid_models.checkpoint import atomic_write, save_json
 
-# One marker per scenario, one colour per adaptation mode.
-MARKERS = {"source_only": "x", "adapt_only": "o", "adapt_short": "v", "prune_before": "<", "prune_during": "s",
-           "prune_after": ">", "small_dense": "D"}
-COLOURS = {"supervised": "tab:blue", "unsupervised": "tab:orange", "none": "tab:gray"}
+# The FLOPs-vs-rank-1 plot: a colour per setting (scenario and criterion), a marker per adaptation.
+ADAPTATION_MARKERS = {"supervised": "o", "unsupervised": "^", "none": "X"}
 SETTINGS_COLUMNS = ["scenario", "criterion", "flops_reduction", "adaptation"]
 # What the model is as shipped (reid_models.shipping.ship_scenario): ONNX Runtime, int8 by default.
 SHIPPED_COLUMNS = ["shipped_rank1", "shipped_mAP", "shipped_size_bytes", "shipped_latency_ms", "shipped_throughput_ips"]
@@ -78,7 +75,7 @@ def _pyplot():
 def _save_figure(figure, path: str | Path) -> Path:
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=120)
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")  # nothing clipped: title, outside legend
     _pyplot().close(figure)
     return atomic_write(path, buffer.getvalue())  # no half-written plot if the run dies or the disk is full
 
@@ -94,40 +91,65 @@ def plot_cmc(cmc: list[float], title: str, path: str | Path) -> Path:
     return _save_figure(figure, path)
 
 
+def _dodged(points: pd.DataFrame, width: float) -> pd.Series:
+    """x positions: settings that share a GFLOPs value (e.g. the five -50% models) spread
+    sideways around it, `width` apart, so markers and interval bars do not hide each other."""
+    x = points["gflops"].astype(float).copy()
+    for _, same in points.groupby(points["gflops"].round(3)):
+        for rank, index in enumerate(same.sort_values(SETTINGS_COLUMNS).index):
+            x[index] += (rank - (len(same) - 1) / 2) * width
+    return x
+
+
 def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.DataFrame | None = None) -> Path:
-    """One marker per setting at its mean over seeds; with `intervals` (`stats.setting_intervals`),
-    a bar for each setting's 95% interval of rank-1."""
+    """One marker per setting at its mean over seeds: a colour per scenario (criterion), a marker per
+    adaptation; settings at the same GFLOPs dodged sideways; with `intervals`
+    (`stats.setting_intervals`) a bar for each setting's 95% interval of rank-1; the shipped model
+    (hollow) just right of its PyTorch model, joined by a thin line."""
+    plt = _pyplot()
     shipped = "shipped_rank1" in frame and frame["shipped_rank1"].notna().any()
     columns = ["flops", "gflops", "rank1"] + (["shipped_rank1"] if shipped else [])
     points = frame.groupby(SETTINGS_COLUMNS, as_index=False, sort=False)[columns].mean()
     if intervals is not None and not intervals.empty:
         points = points.merge(intervals, on=SETTINGS_COLUMNS, how="left")
-    figure, axes = _pyplot().subplots(figsize=(7, 4.5))
-    for (scenario, adaptation), group in points.groupby(["scenario", "adaptation"]):
-        colour = COLOURS.get(adaptation, "black")
-        axes.scatter(group["gflops"], 100 * group["rank1"], marker=MARKERS.get(scenario, "."),
-                     color=colour, s=60, label=f"{scenario} ({adaptation})")
-        if shipped:  # the same model as shipped (int8 ONNX): hollow, at the same FLOPs
-            axes.scatter(group["gflops"], 100 * group["shipped_rank1"], marker=MARKERS.get(scenario, "."),
-                         facecolors="none", edgecolors=colour, s=60)
-        if "rank1_ci_low" in group:
-            bounded = group.dropna(subset=["rank1_ci_low", "rank1_ci_high"])
-            below = np.clip(bounded["rank1"] - bounded["rank1_ci_low"], 0, None)
-            above = np.clip(bounded["rank1_ci_high"] - bounded["rank1"], 0, None)
-            axes.errorbar(bounded["gflops"], 100 * bounded["rank1"], yerr=[100 * below, 100 * above], fmt="none",
-                          ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)
+    points["label"] = [stats.setting_label(s, c) for s, c in zip(points["scenario"], points["criterion"])]
+    span = float(points["gflops"].max() - points["gflops"].min()) or float(points["gflops"].max()) or 1.0
+    width = 0.025 * span
+    points["x"] = _dodged(points, width)
+    palette = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    colours = {label: palette[i % len(palette)] for i, label in enumerate(dict.fromkeys(points["label"]))}
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for row in points.itertuples():
+        colour, marker = colours[row.label], ADAPTATION_MARKERS.get(row.adaptation, ".")
+        axes.scatter(row.x, 100 * row.rank1, marker=marker, color=colour, s=55, zorder=3)
+        if "rank1_ci_low" in points and not pd.isna(row.rank1_ci_low):
+            below, above = max(0.0, row.rank1 - row.rank1_ci_low), max(0.0, row.rank1_ci_high - row.rank1)
+            axes.errorbar(row.x, 100 * row.rank1, yerr=[[100 * below], [100 * above]], fmt="none", ecolor=colour,
+                          elinewidth=1, capsize=3, alpha=0.8, zorder=2)
+        if shipped and not pd.isna(row.shipped_rank1):
+            beside = row.x + width / 2
+            axes.plot([row.x, beside], [100 * row.rank1, 100 * row.shipped_rank1], color=colour, linewidth=0.7)
+            axes.scatter(beside, 100 * row.shipped_rank1, marker=marker, facecolors="none", edgecolors=colour,
+                         s=55, zorder=3)
     front = points[pareto_front(points)]
     for adaptation, group in front.groupby("adaptation"):
         ordered = group.sort_values("gflops")
-        axes.step(ordered["gflops"], 100 * ordered["rank1"], where="post", color=COLOURS.get(adaptation, "black"),
-                  alpha=0.5, linestyle="--")
-    axes.set_xlabel("GFLOPs per image (physically pruned model)")
+        axes.step(ordered["x"], 100 * ordered["rank1"], where="post", color="0.5", alpha=0.6, linestyle="--",
+                  linewidth=1)
+    handles = [plt.Line2D([], [], color=colour, marker="o", linestyle="", label=label)
+               for label, colour in colours.items()]
+    handles += [plt.Line2D([], [], color="0.3", marker=ADAPTATION_MARKERS.get(a, "."), linestyle="", label=a)
+                for a in dict.fromkeys(points["adaptation"])]
+    if shipped:
+        as_shipped = str(frame["shipped_as"].dropna().iloc[0]) if "shipped_as" in frame else "shipped"
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="",
+                                  label=f"as shipped ({as_shipped})"))
+    axes.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes.set_xlabel("GFLOPs per image (physically pruned model; settings at one budget spread sideways)")
     axes.set_ylabel("target rank-1 (%)")
-    hollow = "; hollow: as shipped, " + str(frame["shipped_as"].iloc[0]) if shipped and "shipped_as" in frame else ""
-    axes.set_title("Where to prune: FLOPs vs rank-1 on the new cameras\n(mean over seeds; bars: 95% "
-                   f"interval; dashed: Pareto front{hollow})", fontsize=10)
+    axes.set_title("FLOPs vs rank-1 on the new cameras: mean over seeds, bars 95% interval, "
+                   "dashed Pareto front", fontsize=10, loc="left")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
     return _save_figure(figure, path)
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from reid_models.adapt import ClusterSettings, MemorySettings, adapt_unsupervised
 from reid_models.checkpoint import load_checkpoint, save_checkpoint, save_json
 from reid_models.complexity import count_flops, measure
-from reid_models.config import PruneSettings, Settings
+from reid_models.config import PruneSettings, ScenarioSettings, Settings
 from reid_models.data.loading import ImageSet, test_transform
 from reid_models.models import GLOBAL_RNG_LOCK, ReIDNet, resolve_device
 from reid_models.pruning.budget import allocate
@@ -49,15 +49,13 @@ from reid_models.pruning.prune import (ChannelSelector, GradualPruner, Progressi
                                        prune_model)
 from reid_models.pruning.recovery import Teacher, recalibrate_batchnorm, removal_epochs, training_gflops
 from reid_models.pruning.spec import architecture_spec
+from reid_models.scenario_kinds import BY_NAME, SCENARIO_NAMES
 from reid_models.stages import evaluate_model, load_domain, model_from_payload, model_payload, pretrain, training_images
 from reid_models.stats import PER_QUERY_FILE, save_per_query
 from reid_models.train import EpochCallback, train_model
 
 log = logging.getLogger(__name__)
 
-PRUNING_SCENARIOS = ("prune_before", "prune_during", "prune_after")
-TARGET_PRUNING_SCENARIOS = ("prune_during", "prune_after")  # prune while training on the target
-FIRST_EPOCHS_PER_ROUND = 2  # adapt.epochs_per_round's default when the first results were saved
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 TEACHER_FILE = "teacher.pt"
 VAL_PER_QUERY_FILE = "per_query_val.npz"  # target validation split, per query (PER_QUERY_FILE: test)
@@ -82,9 +80,10 @@ def expand_grid(settings: Settings) -> list[Scenario]:
     runs: list[Scenario] = []
     for seed in grid.seeds:
         for name in grid.names:
-            criteria = grid.criteria if name in PRUNING_SCENARIOS else ["none"]
-            reductions = grid.flops_reductions if name in (*PRUNING_SCENARIOS, "small_dense") else [0.0]
-            adaptations = ["none"] if name == "source_only" else grid.adaptation
+            kind = BY_NAME[name]
+            criteria = grid.criteria if kind.prunes else ["none"]
+            reductions = grid.flops_reductions if kind.prunes or kind.thin else [0.0]
+            adaptations = grid.adaptation if kind.adapts else ["none"]
             for criterion in criteria:
                 for reduction in reductions:
                     for adaptation in adaptations:
@@ -137,49 +136,61 @@ def pretrain_small_dense(settings: Settings, flops_reduction: float, out_dir: st
 # One scenario
 
 
-# Bumped when a scenario's steps change in code, so results saved under the old recipe are redone.
-# Absent means revision 1, which keeps the saved results of unchanged scenarios valid.
-RECIPE_REVISION = {"prune_during": 3, "prune_after": 3}  # 2: pruning steps at full backbone lr;
-                                                        # 3: the adaptation lr recipe, like every step
+# A scenario's recipe version: bump it when its steps change in code, and its saved results (and
+# only its) are redone. Settings need no entry here: a changed setting a scenario reads changes
+# its fingerprint by itself.
+RECIPE_VERSION = {name: 1 for name in SCENARIO_NAMES}
+
+
+def settings_read(scenario: Scenario, settings: Settings) -> dict:
+    """The settings a scenario's steps read, and nothing else: a setting outside it (another
+    scenario's, `reid-prune prune`'s `prune.criterion`, a head the run does not use) can change
+    without re-running it. The criterion and the FLOPs cut come from the scenario itself."""
+    reads = {"data": settings.data.model_dump(mode="json"), "evaluate": settings.evaluate.model_dump(mode="json"),
+             "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
+                                                                            "batches_per_epoch"}),
+             "device": settings.device,
+             "torch_threads": torch.get_num_threads()}  # sums in another order: other float results
+    if scenario.adaptation != "none":
+        reads["adapt"] = adaptation_settings_read(scenario, settings)
+    if BY_NAME[scenario.name].prunes:
+        reads["prune"] = settings.prune.model_dump(mode="json", exclude=_unread_prune_settings(settings))
+    return reads
+
+
+def adaptation_settings_read(scenario: Scenario, settings: Settings) -> dict:
+    """Supervised steps read the recipe (`adapt.train`, the backbone's lr scale); unsupervised
+    ones also the clustering, the head (its memory only when it is one, the camera proxies'
+    settings only when on), the mean teacher, and -- in a step that prunes -- whose features
+    are clustered."""
+    adapt = settings.adapt
+    fields = {"backbone_lr_scale", "train"}
+    if scenario.adaptation == "unsupervised":
+        fields |= {"epochs_per_round", "cluster", "head", "mean_teacher"}
+        if adapt.head == "memory":
+            fields.add("memory")
+        if BY_NAME[scenario.name].prunes_on_target:
+            fields.add("pseudo_labels")
+    read = adapt.model_dump(mode="json", include=fields)
+    if "memory" in read and not adapt.memory.camera_proxies:
+        for key in ("camera_weight", "camera_negatives"):
+            del read["memory"][key]
+    return read
+
+
+def _unread_prune_settings(settings: Settings) -> set[str]:
+    unread = {"criterion", "flops_reduction"}  # the scenario's own
+    if settings.prune.budget == "flops":  # the latency table is never built
+        unread |= {"latency_runtime", "latency_threads", "latency_batch", "latency_cache", "latency_corrections"}
+    return unread
 
 
 def fingerprint(scenario: Scenario, settings: Settings, start_checkpoint: str | Path) -> str:
-    """What a finished scenario's results depend on; anything else changing re-runs it."""
+    """What a finished scenario's results depend on: the model it starts from, the settings its
+    steps read and its recipe version; any of them changing re-runs it."""
     digest = hashlib.sha1(Path(start_checkpoint).read_bytes())
-    adapt = settings.adapt.model_dump(mode="json")
-    # Settings added after results were saved are left out while they change nothing, so those stay valid.
-    if adapt["head"] == "classifier":
-        del adapt["head"], adapt["memory"]
-    else:
-        if not adapt["memory"]["camera_proxies"]:
-            for key in ("camera_proxies", "camera_weight", "camera_negatives"):
-                del adapt["memory"][key]
-        if adapt["memory"]["outliers"] == "drop":
-            del adapt["memory"]["outliers"]
-    if adapt["cluster"]["eps_quantile"] is None:
-        del adapt["cluster"]["eps_quantile"]
-    if adapt["pseudo_labels"] == "student" or not (scenario.adaptation == "unsupervised"
-                                                   and scenario.name in TARGET_PRUNING_SCENARIOS):
-        del adapt["pseudo_labels"]  # read only where an unsupervised step prunes
-    if adapt["mean_teacher"] is None:
-        del adapt["mean_teacher"]
-    if scenario.adaptation != "unsupervised":
-        # Supervised runs never re-cluster: hashed at the value their results were first saved with,
-        # so a new default for unsupervised adaptation keeps them valid.
-        adapt["epochs_per_round"] = FIRST_EPOCHS_PER_ROUND
-    relevant = {"scenario": asdict(scenario), "data": settings.data.model_dump(mode="json"), "adapt": adapt,
-                "budget": settings.scenarios.model_dump(mode="json", include={"epochs", "prune_epochs",
-                                                                               "batches_per_epoch"}),
-                "evaluate": settings.evaluate.model_dump(mode="json"), "device": settings.device,
-                "torch_threads": torch.get_num_threads()}  # sums in another order: other float results
-    if scenario.name in PRUNING_SCENARIOS:  # the others never read prune settings: a new one keeps their results
-        relevant["prune"] = settings.prune.model_dump(mode="json")
-        if relevant["prune"]["budget"] == "flops":
-            for key in ("budget", "latency_runtime", "latency_threads", "latency_batch", "latency_cache",
-                        "latency_corrections"):
-                del relevant["prune"][key]
-    if scenario.name in RECIPE_REVISION:
-        relevant["revision"] = RECIPE_REVISION[scenario.name]
+    relevant = {"scenario": asdict(scenario), "reads": settings_read(scenario, settings),
+                "version": RECIPE_VERSION[scenario.name]}
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -412,6 +423,34 @@ def _source_model(scenario: Scenario, settings: Settings, source_checkpoint: str
     return model_from_payload(load_checkpoint(start), str(start)), start
 
 
+def _adaptation_epochs(budget: ScenarioSettings) -> int:
+    """What before/after (and their control, adapt_short) spend adapting: the rest goes to pruning."""
+    return budget.epochs - budget.prune_epochs
+
+
+def _prune_before(run: ScenarioRun, budget: ScenarioSettings) -> None:
+    run.prune_on_source(budget.prune_epochs)
+    run.adapt(_adaptation_epochs(budget))
+
+
+def _prune_after(run: ScenarioRun, budget: ScenarioSettings) -> None:
+    run.adapt(_adaptation_epochs(budget))
+    run.prune_then_recover_on_target(budget.prune_epochs)
+
+
+# The steps of each scenario kind (`scenario_kinds.KINDS` says what each is), on equal budgets.
+STEPS: dict[str, Callable[[ScenarioRun, ScenarioSettings], None]] = {
+    "source_only": lambda run, budget: None,
+    "adapt_only": lambda run, budget: run.adapt(budget.epochs),
+    "adapt_short": lambda run, budget: run.adapt(_adaptation_epochs(budget)),
+    "prune_before": _prune_before,
+    "prune_during": lambda run, budget: run.adapt(budget.epochs, prune=True, progressive=True),
+    "prune_after": _prune_after,
+    "small_dense": lambda run, budget: run.adapt(budget.epochs),  # its thin network, pretrained on the source
+}
+assert set(STEPS) == set(SCENARIO_NAMES), "every scenario kind needs its steps"
+
+
 def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str | Path, out_dir: str | Path,
                  small_dense_checkpoint: str | Path | None = None, on_epoch: EpochCallback | None = None,
                  on_round: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
@@ -440,21 +479,7 @@ def run_scenario(scenario: Scenario, settings: Settings, source_checkpoint: str 
     budget = settings.scenarios
     run = ScenarioRun(scenario, settings, out_dir, on_epoch, on_round, progress)
     run.model = model
-    adapt_epochs = budget.epochs - budget.prune_epochs
-    if scenario.name in ("adapt_only", "small_dense"):
-        run.adapt(budget.epochs)
-    elif scenario.name == "adapt_short":
-        run.adapt(adapt_epochs)
-    elif scenario.name == "prune_before":
-        run.prune_on_source(budget.prune_epochs)
-        run.adapt(adapt_epochs)
-    elif scenario.name == "prune_during":
-        run.adapt(budget.epochs, prune=True, progressive=True)
-    elif scenario.name == "prune_after":
-        run.adapt(adapt_epochs)
-        run.prune_then_recover_on_target(budget.prune_epochs)
-    elif scenario.name != "source_only":
-        raise ValueError(f"unknown scenario {scenario.name!r}")
+    STEPS[scenario.name](run, budget)
 
     final = run.model.cpu().eval()
     save_checkpoint(out_dir / "model.pt", model_payload(final, settings, [], scenario=asdict(scenario)))
@@ -497,7 +522,7 @@ def _evaluate_on(model: ReIDNet, settings: Settings, domain: str, splits: tuple[
 
 def recovery_settings(scenario: Scenario, settings: Settings) -> str:
     """The pruning recovery a row ran with, as one readable string (the ablation columns)."""
-    if scenario.name not in PRUNING_SCENARIOS:
+    if not BY_NAME[scenario.name].prunes:
         return "none"
     p = settings.prune
     distill = (f"distill f{p.distill_feature_weight:g}/r{p.distill_relation_weight:g}"

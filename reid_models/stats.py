@@ -56,13 +56,13 @@ from scipy import optimize
 from scipy import stats as distributions
 
 from reid_models.checkpoint import atomic_write
+from reid_models.scenario_kinds import PRUNING_STAGES
 
 log = logging.getLogger(__name__)
 
 PerQuery = Mapping[str, np.ndarray]
 PER_QUERY_FILE = "per_query.npz"
 METRIC_KEYS = {"rank1": "rank1", "mAP": "ap"}  # reported metric -> per-query array
-PRUNING_STAGES = ("prune_before", "prune_during", "prune_after")
 REFERENCE_CRITERION = "plfp"
 CONFIDENCE = 0.95
 FAMILY_ERROR = 0.05  # Holm: the chance of any false "resolved" in a family

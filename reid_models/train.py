@@ -15,20 +15,42 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reid_models import stopping
+from reid_models import signals
 from reid_models.checkpoint import load_checkpoint, save_checkpoint
 from reid_models.config import TrainRecipe
 from reid_models.data.loading import IdentityBatchSampler, ImageSet, SeededBatches
-from reid_models.models import CameraProxyMemory, ClusterMemory, ReIDNet
+from reid_models.models import ReIDNet
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict], None]
+
+
+@runtime_checkable
+class TrainingHook(Protocol):
+    """Something that joins the plain ReID loop without the loop knowing what it is: a head with a
+    loss or an update of its own (the cluster memory, camera proxies: `models.py`) or a teacher
+    (`pruning/recovery.py`). `loss_terms` returns terms to log; the one named `added_loss` (if
+    any) joins the loss. `after_step` runs after each optimizer step."""
+
+    added_loss: str | None
+
+    def loss_terms(self, images: torch.Tensor, out, labels: torch.Tensor,
+                   cameras: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def after_step(self, model: torch.nn.Module, labels: torch.Tensor, cameras: torch.Tensor) -> None: ...
+
+
+def training_hooks(model: ReIDNet, teacher=None) -> list[TrainingHook]:
+    """The head (when it is a hook) first, then the teacher: camera terms before distillation,
+    the memory's update before the teacher follows the student."""
+    return [part for part in (model.classifier, teacher) if isinstance(part, TrainingHook)]
 
 
 def identity_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -144,23 +166,21 @@ def train_model(
         began = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for images, labels, cameras in bar:
-            stopping.check()  # a SIGINT/SIGTERM stops here; the last epoch's checkpoint stays
+            signals.check()  # a SIGINT/SIGTERM stops here; the last epoch's checkpoint stays
             images, labels = images.to(device), labels.to(device)
             out = model(images)
             terms = reid_loss(out, labels, settings)
-            if isinstance(model.classifier, CameraProxyMemory):  # unsupervised adaptation's camera proxies
-                terms.update(model.classifier.camera_terms(labels, cameras))
-                terms["loss"] = terms["loss"] + terms["camera"]
-            if teacher is not None and teacher.distill:
-                terms.update(teacher.loss(images, out.features))
-                terms["loss"] = terms["loss"] + terms["distill"]
+            hooks = training_hooks(model, teacher)  # per batch: a round may give the model a new head
+            for hook in hooks:
+                extra = hook.loss_terms(images, out, labels, cameras)
+                terms.update(extra)
+                if hook.added_loss in extra:
+                    terms["loss"] = terms["loss"] + extra[hook.added_loss]
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            if isinstance(model.classifier, ClusterMemory):  # unsupervised adaptation's memory head
-                model.classifier.update(labels, cameras)
-            if teacher is not None:
-                teacher.follow(model)
+            for hook in hooks:
+                hook.after_step(model, labels, cameras)
             n = len(labels)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * n

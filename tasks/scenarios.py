@@ -93,7 +93,9 @@ def run_scenario(settings: Settings, scenario: scenarios.Scenario, source_checkp
                         "seed": scenario.seed, "torch_threads": torch.get_num_threads(),
                         "budget": settings.scenarios.model_dump(
                             mode="json", include={"epochs", "prune_epochs", "batches_per_epoch"}),
-                        "prune": settings.prune.model_dump(mode="json"), "adapt": settings.adapt.model_dump(mode="json")})
+                        # prune.criterion / flops_reduction are the prune command's: the scenario's are above
+                        "prune": settings.prune.model_dump(mode="json", exclude={"criterion", "flops_reduction"}),
+                        "adapt": settings.adapt.model_dump(mode="json")})
         step = iter(range(1, 10_000))  # one curve across the scenario's steps
         row = scenarios.run_scenario(
             scenario, settings, source_checkpoint, out_dir, small_dense_checkpoint,

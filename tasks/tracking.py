@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect.exceptions import TerminationSignal
 
-from reid_models import stopping
+from reid_models import signals
 from reid_models.config import DomainSettings, Settings, artifact_location, tracking_uri
-from reid_models.stopping import StopRequested
+from reid_models.signals import StopRequested
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,7 +228,7 @@ def close_orphaned_runs(settings: Settings) -> list[str]:
 def is_stop(error: BaseException) -> bool:
     """Whether an exception means the user stopped the work (not that the work failed)."""
     return isinstance(error, (KeyboardInterrupt, StopRequested, TerminationSignal)) or \
-        stopping.stop_requested() is not None
+        signals.stop_requested() is not None
 
 
 @contextmanager

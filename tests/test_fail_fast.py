@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from reid_models import stopping
+from reid_models import signals
 from tests.conftest import PARAMS, ROOT, quick_overrides
 from tests.test_flow import TINY
 
@@ -24,9 +24,9 @@ TORCH_ADVICE = ("weights_only=False", "Please file an issue", "WeightsUnpickler"
 
 @pytest.fixture(autouse=True)
 def no_stop_left_behind():
-    stopping.reset()
+    signals.reset()
     yield
-    stopping.reset()
+    signals.reset()
 
 
 def _cli(*args: str, tmp_path) -> tuple[subprocess.CompletedProcess, float]:

@@ -158,6 +158,26 @@ def test_unsupervised_only_settings_leave_supervised_results_valid(tmp_path):
     assert before("adapt.pseudo_labels=teacher") == before("adapt.pseudo_labels=student")  # adapts a pruned network
 
 
+def test_prune_settings_of_the_prune_command_leave_the_grids_results_valid(tmp_path, monkeypatch):
+    """`prune.criterion` and `prune.flops_reduction` are `reid-prune prune`'s: the grid's scenarios
+    take theirs from `scenarios.criteria` / `scenarios.flops_reductions`, so setting them in
+    params.yaml re-runs nothing; a setting a pruning step does read still does."""
+    from reid_models import scenarios
+
+    for name in ("prune_before", "prune_during", "prune_after"):
+        print_of = fingerprints(tmp_path, Scenario(name, "plfp", 0.5, "supervised", 0))
+        assert print_of("prune.criterion=l1", "prune.flops_reduction=0.3") == print_of()
+        assert print_of("prune.decay=0.5") != print_of()
+    unpruned = fingerprints(tmp_path, Scenario("adapt_only", "none", 0.0, "supervised", 0))
+    assert unpruned("prune.decay=0.5") == unpruned()  # never prunes, never reads it
+    # A recipe change in code: its version re-runs that scenario, and only it.
+    during = fingerprints(tmp_path, Scenario("prune_during", "plfp", 0.5, "supervised", 0))()
+    before = fingerprints(tmp_path, Scenario("prune_before", "plfp", 0.5, "supervised", 0))()
+    monkeypatch.setitem(scenarios.RECIPE_VERSION, "prune_during", 2)
+    assert fingerprints(tmp_path, Scenario("prune_during", "plfp", 0.5, "supervised", 0))() != during
+    assert fingerprints(tmp_path, Scenario("prune_before", "plfp", 0.5, "supervised", 0))() == before
+
+
 def test_latency_budget_settings_change_the_fingerprint_only_when_the_budget_is_latency(tmp_path):
     print_of = fingerprints(tmp_path, Scenario("prune_during", "plfp", 0.5, "supervised", 0))
     plain = print_of()

@@ -79,8 +79,9 @@ def test_serve_run_the_deployment_and_stop(tiny_domains, tmp_path):
         answer = by_key["prune-adapt-quick-answer"]
         assert answer["type"] == "markdown" and "Where to prune" in answer["data"]
         assert "data:image/png;base64," in answer["data"]  # the FLOPs-vs-rank-1 figure
-        assert by_key["prune-adapt-quick-mlflow-run"]["type"] == "link"
-        assert by_key["prune-adapt-quick-mlflow-run"]["data"].startswith(f"http://127.0.0.1:{mlflow_port}/#/experiments/")
+        # (Prefect keeps a link artifact as markdown: "[text](url)")
+        assert f"(http://127.0.0.1:{mlflow_port}/#/experiments/" in by_key["prune-adapt-quick-mlflow-run"]["data"]
+        assert "/#/models/reid-prune/versions/" in by_key["prune-adapt-quick-best-flops50-supervised"]["data"]
 
         # A bad override fails the flow run in seconds, with the CLI's one line as its state message.
         bad = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prune-adapt/quick", "--param",

@@ -530,3 +530,20 @@ def test_the_audit_of_old_verdicts_calls_lost_only_what_the_seed_term_alone_cann
     verdicts = dict(zip(*audit([path])[["comparison", "now"]].to_numpy().T))
     assert verdicts == {"spread": "lost", "steady": "open: re-run to decide", "single": "one seed: no verdict",
                         "null": "not resolved (was not)"}
+
+
+def test_the_plot_spreads_models_of_one_budget_sideways_and_keeps_each_setting_apart(tmp_path):
+    """Five models at -50% FLOPs share a GFLOPs value: each gets its own x (dodged, in a fixed
+    order), the unpruned ones theirs; the figure is written whole."""
+    from reid_models.report import _dodged, plot_flops_vs_rank1, results_frame
+
+    rows = _grid_rows(seeds=(0, 1), criteria=("plfp",))
+    frame = results_frame([{k: v for k, v in r.items() if k != "id"} for r in rows])
+    points = frame.groupby(["scenario", "criterion", "flops_reduction", "adaptation"], as_index=False)["gflops"].mean()
+    x = _dodged(points, 0.01)
+    half = points["gflops"].round(3) == 0.5
+    assert half.sum() == 4 and x[half].nunique() == 4  # prune_before/during/after, small_dense: apart
+    assert abs(x[half].mean() - 0.5) < 1e-9 and (x[half] - 0.5).abs().max() <= 0.015 + 1e-9  # centred on 0.5
+    assert x[~half].nunique() == 2 and (x[~half] - 1.0).abs().max() <= 0.005 + 1e-9  # source_only, adapt_only
+    path = plot_flops_vs_rank1(frame, tmp_path / "plot.png")
+    assert path.stat().st_size > 10_000

@@ -121,3 +121,41 @@ def test_a_checkpoint_of_another_architecture_is_not_resumed(tiny_domains, tmp_p
     history = train_model(ReIDNet("resnet18", num_classes), images, one_epoch, torch.device("cpu"),
                           checkpoint_path=checkpoint, progress=False)
     assert [h["epoch"] for h in history] == [1]  # trained, not "resumed" into a mismatched network
+
+
+def test_a_hook_adds_its_loss_term_and_runs_after_each_step(tiny_domains):
+    """The loop knows heads and teachers only as hooks (train.TrainingHook): the term the hook names
+    joins the loss (its gradient reaches the model), every term is logged, and `after_step` runs once
+    per optimizer step, after it."""
+    from reid_models.train import TrainingHook, training_hooks
+
+    images = tiny_train_set(tiny_domains)
+    torch.manual_seed(0)
+    model = ReIDNet("osnet_x0_25", int(images.labels.max()) + 1)
+
+    class Recorder:
+        added_loss = "pull"
+
+        def __init__(self):
+            self.steps = 0
+
+        def loss_terms(self, images, out, labels, cameras):
+            return {"pull": 10.0 * out.features.pow(2).mean(), "logged_only": torch.tensor(1.0)}
+
+        def after_step(self, model, labels, cameras):
+            self.steps += 1
+
+        def to(self, device):  # passed as the teacher, which the loop moves to the device
+            return self
+
+    hook = Recorder()
+    assert isinstance(hook, TrainingHook) and training_hooks(model, hook) == [hook]
+    assert training_hooks(model) == []  # a plain classifier is no hook
+    settings = SETTINGS.model_copy(update={"batches_per_epoch": 3})
+    history = train_model(model, images, settings, torch.device("cpu"), seed=0, progress=False, teacher=hook)
+    assert hook.steps == 2 * 3
+    assert {"pull", "logged_only"} <= set(history[0]) and history[0]["logged_only"] == pytest.approx(1.0)
+    torch.manual_seed(0)
+    plain = ReIDNet("osnet_x0_25", int(images.labels.max()) + 1)
+    without = train_model(plain, images, settings, torch.device("cpu"), seed=0, progress=False)
+    assert history[0]["loss"] > without[0]["loss"]  # the named term is part of the loss

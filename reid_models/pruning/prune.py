@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from reid_models import stopping
+from reid_models import signals
 from reid_models.complexity import count_flops, count_params
 from reid_models.config import PruneSettings
 from reid_models.data.loading import IdentityBatchSampler, ImageSet
@@ -104,7 +104,7 @@ class ChannelSelector:
         was_training = self.model.training
         self.model.train()
         for images, labels in self.batches():
-            stopping.check()
+            signals.check()
             reid_loss(self.model(images), labels, self.settings.finetune)["loss"].backward()
         self.model.train(was_training)
 

@@ -63,9 +63,18 @@ class Teacher:
         self.temperature, self.momentum, self.label = settings.distill_temperature, momentum, label
         self.distill = distill
 
+    added_loss = "distill"  # the training loop's hook (train.TrainingHook)
+
     def to(self, device: torch.device) -> Teacher:
         self.model.to(device)
         return self
+
+    def loss_terms(self, images: torch.Tensor, out, labels: torch.Tensor,
+                   cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loss(images, out.features) if self.distill else {}
+
+    def after_step(self, model: nn.Module, labels: torch.Tensor, cameras: torch.Tensor) -> None:
+        self.follow(model)
 
     def loss(self, images: torch.Tensor, student_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weighted distillation terms and their sum (`distill`) for one batch."""

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from reid_models import stopping
+from reid_models import signals
 from tests.conftest import PARAMS, ROOT, alive, child_pids
 from tests.test_resume import interruptible_run
 from tests.test_train import SETTINGS, tiny_train_set
@@ -20,9 +20,9 @@ from tests.test_train import SETTINGS, tiny_train_set
 
 @pytest.fixture(autouse=True)
 def no_stop_left_behind():
-    stopping.reset()
+    signals.reset()
     yield
-    stopping.reset()
+    signals.reset()
 
 
 def test_training_stops_at_the_next_batch_and_keeps_the_last_epoch(tiny_domains, tmp_path):
@@ -34,13 +34,13 @@ def test_training_stops_at_the_next_batch_and_keeps_the_last_epoch(tiny_domains,
     torch.manual_seed(0)
     model = ReIDNet("osnet_x0_25", int(images.labels.max()) + 1)
     # The stop arrives during epoch 2 (as a signal handler would set it): epoch 1 stays saved.
-    ask_to_stop = lambda record: stopping.request_stop(signal.SIGTERM)  # noqa: E731
-    with pytest.raises(stopping.StopRequested, match="SIGTERM"):
+    ask_to_stop = lambda record: signals.request_stop(signal.SIGTERM)  # noqa: E731
+    with pytest.raises(signals.StopRequested, match="SIGTERM"):
         train_model(model, images, SETTINGS, torch.device("cpu"), checkpoint_path=checkpoint, on_epoch=ask_to_stop,
                     progress=False)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
-    assert stopping.exit_code(signal.SIGINT) == 130 and stopping.exit_code(signal.SIGTERM) == 143
+    assert signals.exit_code(signal.SIGINT) == 130 and signals.exit_code(signal.SIGTERM) == 143
 
 
 def test_a_stopped_mlflow_run_is_killed_and_a_failed_one_failed(tmp_path):
@@ -51,9 +51,9 @@ def test_a_stopped_mlflow_run_is_killed_and_a_failed_one_failed(tmp_path):
 
     settings = load_settings(PARAMS, "quick", [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                                                 f"tracking.artifact_root={tmp_path / 'artifacts'}"])
-    with pytest.raises(stopping.StopRequested):
+    with pytest.raises(signals.StopRequested):
         with tracked_run(settings, "stopped"):
-            raise stopping.StopRequested(signal.SIGINT)
+            raise signals.StopRequested(signal.SIGINT)
     with pytest.raises(ValueError):
         with tracked_run(settings, "broken"):
             raise ValueError("a real failure")
