@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reid_models.checkpoint import save_json
 from reid_models.config import Settings, artifact_location, tracking_uri
 from flows import STATE_FILE, answers
 from flows.serve import DEPLOYMENTS
@@ -72,9 +73,7 @@ def read_state(state_dir: Path) -> dict:
 
 
 def _write_state(state_dir: Path, state: dict) -> None:
-    partial = state_dir / (STATE_FILE + ".partial")
-    partial.write_text(json.dumps(state, indent=2) + "\n")
-    partial.replace(state_dir / STATE_FILE)
+    save_json(state_dir / STATE_FILE, state)  # the project's one atomic writer
 
 
 def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports = Ports(),
@@ -91,8 +90,10 @@ def start_services(settings: Settings, root: Path, state_dir: Path, ports: Ports
     if artifacts.startswith("file://"):
         Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     commands = {
+        # The UI calls the API at PREFECT_UI_API_URL, which otherwise stays on port 4200 whatever --port says.
         "prefect-server": ([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                            "--port", str(ports.prefect)], [f"{ports.prefect_api}/health"], env),
+                            "--port", str(ports.prefect)], [f"{ports.prefect_api}/health"],
+                           {**env, "PREFECT_UI_API_URL": ports.prefect_api}),
         "mlflow-server": ([str(bin_dir / "mlflow"), "server", "--backend-store-uri",
                            tracking_uri(settings.tracking, root), "--default-artifact-root", artifacts,
                            "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1"],

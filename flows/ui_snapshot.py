@@ -8,10 +8,12 @@ a screenshot and checks that the scenario runs are listed.
     .venv/bin/reid-prune run --profile quick
     .venv/bin/python -m flows.ui_snapshot --profile quick --out docs/img/mlflow_ui.png
 
-Prefect: the Artifacts tab of a flow run on a running Prefect server with its UI (`make serve`),
-and checks that the run's artifacts (results table, answer, MLflow link) are on the page.
+Prefect: a flow run's page on a running Prefect server with its UI (`make serve`), whose graph
+shows the artifacts the run published, and the rendered answer artifact (three sentences and the
+FLOPs-vs-rank-1 figure); checks that both show them.
 
-    .venv/bin/python -m flows.ui_snapshot --prefect-flow-run <flow run id> --out docs/img/prefect_artifacts.png
+    .venv/bin/python -m flows.ui_snapshot --prefect-flow-run <flow run id> --prefect-ui http://127.0.0.1:4200 \\
+        --out docs/img/prefect_run.png
 """
 
 from __future__ import annotations
@@ -74,13 +76,27 @@ def snapshot(url: str, out: Path, wait_ms: int = 20000, size: str = "1600,1250")
 
 
 def prefect_snapshot(flow_run_id: str, out: Path, ui: str) -> None:
-    """The flow run's Artifacts tab; exits 1 unless each artifact's description is on the page."""
-    url = f"{ui}/runs/flow-run/{flow_run_id}?tab=Artifacts"
-    dom = snapshot(url, out, size="1600,1400")
-    wanted = ("Every trained model", "Where to prune, in three sentences", "The MLflow parent run")
-    found = [text for text in wanted if text in dom]
-    print(f"{url}\nscreenshot: {out}; artifacts on the page: {len(found)} of {len(wanted)}")
-    if len(found) < len(wanted):
+    """The flow run's page (its graph draws the artifacts it published) and its answer artifact as
+    the UI renders it (`<out stem>_answer.png`); the artifacts are listed through the Prefect API.
+    Exits 1 unless the run published its table, answer and MLflow link and the answer page shows
+    the answer."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{ui}/api/artifacts/filter", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        ids = {artifact["key"]: artifact["id"] for artifact in json.loads(response.read()) if artifact.get("key")}
+    keys = sorted(ids)
+    snapshot(f"{ui}/runs/flow-run/{flow_run_id}", out, size="1600,900")
+    answer_id = next((ids[key] for key in keys if key.endswith("-answer")), None)
+    answer_out = out.with_name(f"{out.stem}_answer{out.suffix}")
+    answer_dom = snapshot(f"{ui}/artifacts/artifact/{answer_id}", answer_out, size="1400,1700") if answer_id else ""
+    shown = "The answer of this run" in answer_dom  # the markdown's own heading, rendered
+    print(f"{ui}/runs/flow-run/{flow_run_id}\nscreenshots: {out}, {answer_out}; artifacts: {', '.join(keys) or 'none'}; "
+          f"answer rendered: {shown}")
+    wanted = ("-results", "-answer", "-mlflow-run")
+    if not all(any(key.endswith(end) for key in keys) for end in wanted) or not shown:
         sys.exit(1)
 
 
@@ -93,7 +109,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/img/mlflow_ui.png"))
-    parser.add_argument("--prefect-flow-run", help="a flow run id: screenshot its Artifacts tab instead")
+    parser.add_argument("--prefect-flow-run", help="a flow run id: screenshot its page and its answer artifact instead")
     parser.add_argument("--prefect-ui", default="http://127.0.0.1:4200", help="the Prefect server's UI")
     args = parser.parse_args()
     if args.prefect_flow_run:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 
+from reid_models.scenario_kinds import PRUNING_STAGES
 from reid_models.stats import verdict_text
 
 
@@ -106,7 +107,10 @@ def headline(rows: list[dict], comparisons: list[dict], how_sure: str | None) ->
                   "(scenarios.seeds=[0,1,2]).")
     elif stage_comparisons:
         second = f"Where to prune: not resolved by this run ({shown}); no stage is ahead of every other after Holm."
+    elif len({r["name"] for r in pruned if r["adaptation"] == mode and r["flops_reduction"] == reduction
+              and r["name"] in PRUNING_STAGES}) < 2:
+        second = "Where to prune: not compared (this grid runs fewer than two pruning stages)."
     else:
-        second = "Where to prune: not compared (one seed, or no per-query results: add seeds to compare stages)."
+        second = "Where to prune: not compared (no per-query results to pair the stages on)."
     third = f"How sure: {how_sure}" if how_sure else "How sure: one seed, so no difference is called resolved."
     return [first, second, third]

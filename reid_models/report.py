@@ -123,7 +123,8 @@ def plot_flops_vs_rank1(frame: pd.DataFrame, path: str | Path, intervals: pd.Dat
         colour, marker = colours[row.label], ADAPTATION_MARKERS.get(row.adaptation, ".")
         axes.scatter(row.x, 100 * row.rank1, marker=marker, color=colour, s=55, zorder=3)
         if "rank1_ci_low" in points and not pd.isna(row.rank1_ci_low):
-            below, above = max(0.0, row.rank1 - row.rank1_ci_low), max(0.0, row.rank1_ci_high - row.rank1)
+            low, high = max(0.0, row.rank1_ci_low), min(1.0, row.rank1_ci_high)  # a rate: within [0, 100] %
+            below, above = max(0.0, row.rank1 - low), max(0.0, high - row.rank1)
             axes.errorbar(row.x, 100 * row.rank1, yerr=[[100 * below], [100 * above]], fmt="none", ecolor=colour,
                           elinewidth=1, capsize=3, alpha=0.8, zorder=2)
         if shipped and not pd.isna(row.shipped_rank1):
