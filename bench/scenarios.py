@@ -28,10 +28,10 @@ from bench.settings_cli import settings_parser
 from reid_models import stages
 from reid_models.answer import answers
 from reid_models.config import Settings, load_settings
-from reid_models.report import load_comparisons, save_results
+from reid_models.report import load_comparisons, plot_flops_vs_rank1, results_frame, save_results
 from reid_models.scenarios import check_budget, expand_grid, pretrain_small_dense, run_scenario
 from reid_models.stats import (comparison_records, format_comparison, per_query_from_archive, resolution_line,
-                               resolvable_difference, save_per_query_archive, scenario_comparisons)
+                               resolvable_difference, save_per_query_archive, scenario_comparisons, setting_intervals)
 
 
 def seed_overrides(base: Settings, seed: int) -> list[str]:
@@ -103,15 +103,21 @@ def main() -> None:
                                                   "beside it as <stem>_comparisons.json and the per-query results "
                                                   "as <stem>_per_query.npz")
     parser.add_argument("--from-json", action="store_true", help="train nothing: recompute the comparisons of "
-                        "--json's rows from its <stem>_per_query.npz (e.g. after a change of reid_models.stats)")
+                        "--json's rows from its <stem>_per_query.npz (e.g. after a change of reid_models.stats) "
+                        "and draw <stem>.png (FLOPs vs rank-1 with intervals)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.from_json:
         if not args.json or not per_query_path(args.json).is_file():
             parser.error("--from-json needs --json X.json with X_per_query.npz beside it")
         rows = json.loads(args.json.read_text())
-        frame = scenario_comparisons(rows, per_query_from_archive(per_query_path(args.json)))
+        per_query = per_query_from_archive(per_query_path(args.json))
+        frame = scenario_comparisons(rows, per_query)
         print_comparisons(rows, comparison_records(frame), args.json)
+        plain = [{k: v for k, v in row.items() if k not in ("scenario", "target_reduction")} for row in rows]
+        plot = plot_flops_vs_rank1(results_frame(plain), args.json.with_suffix(".png"),
+                                   setting_intervals(plain, per_query))
+        print(f"plot: {plot}")
         return
 
     seeds = [int(s) for s in args.seeds.split(",")]

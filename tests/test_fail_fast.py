@@ -36,6 +36,14 @@ def _cli(*args: str, tmp_path) -> tuple[subprocess.CompletedProcess, float]:
     return result, time.monotonic() - began
 
 
+def _within_seconds_of_start() -> float:
+    """The bound for "ends at once": 10 s, or, on a machine so loaded that importing the libraries
+    alone takes longer, 6 s more than that import (what ends the run is then the machine, not work)."""
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import torch, torchreid, pydantic"], capture_output=True, timeout=300)
+    return max(10.0, time.monotonic() - began + 6.0)
+
+
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("log: ")]
     assert result.returncode == 2 and len(lines) == 1, result.stdout[-2000:] + result.stderr[-2000:]
@@ -58,7 +66,7 @@ def test_a_text_file_as_pretrain_init_ends_run_at_once_with_one_line(tmp_path):
     assert line.startswith("error: not a PyTorch checkpoint:") and str(weights) in line and "pretrain.init" in line
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()  # nothing rendered or written
     print(f"bad pretrain.init: exit {result.returncode} after {seconds:.1f} s")
-    assert seconds < 10
+    assert seconds < _within_seconds_of_start()
 
 
 def test_weights_of_another_network_are_refused_before_any_work(tmp_path):
@@ -81,7 +89,7 @@ def test_a_manifest_without_camid_fails_before_the_source_domain_is_rendered(tmp
     assert "data.target.path" in line and str(manifest) in line and "missing column 'camid'" in line
     assert not (tmp_path / "data").exists() and not (tmp_path / "outputs").exists()
     print(f"manifest without camid: exit {result.returncode} after {seconds:.1f} s")
-    assert seconds < 10
+    assert seconds < _within_seconds_of_start()
 
 
 def test_a_manifest_naming_missing_images_fails_naming_one(tmp_path):

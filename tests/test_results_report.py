@@ -256,17 +256,31 @@ def _corrupt(text: str, old: str, new: str) -> str:
     return text.replace(section, section.replace(old, new, 1), 1)
 
 
+def _claim_row(text: str, comparison: str) -> str:
+    return next(line for line in _claims_section(text).splitlines() if f"| {comparison} |" in line)
+
+
+def _figure(row: str) -> tuple[float, float, float]:
+    diff, low, high = re.search(r"\| ([+-]?\d+\.\d) \[([+-]?\d+\.\d), ([+-]?\d+\.\d)\] \|", row).groups()
+    return float(diff), float(low), float(high)
+
+
 def test_self_check_a_wrong_difference_is_caught():
     text = RESULTS.read_text()
-    wrong = _corrupt(text, "| -8.2 [-9.3, -7.2] |", "| -8.3 [-9.3, -7.2] |")
-    problems, _ = claims_problems(wrong)
-    assert any("quotes (-8.3, -9.3, -7.2)" in problem for problem in problems), problems
+    row = _claim_row(text, "prune_during[plfp] vs adapt_only")
+    diff, low, high = _figure(row)
+    quoted = f"| {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
+    problems, _ = claims_problems(text.replace(row, row.replace(quoted, f"| {diff - 0.1:+.1f} [{low:+.1f}, {high:+.1f}] |"), 1))
+    assert any(f"quotes ({diff - 0.1:.1f}, {low:.1f}, {high:.1f})" in problem for problem in problems), problems
 
 
 def test_self_check_a_wrong_interval_is_caught():
-    wrong = _corrupt(RESULTS.read_text(), "| +0.4 [-4.6, +5.4] |", "| +0.4 [-4.6, +5.3] |")
-    problems, _ = claims_problems(wrong)
-    assert any("holds (0.4, -4.6, 5.4)" in problem for problem in problems), problems
+    text = RESULTS.read_text()
+    row = _claim_row(text, "prune_during[plfp] vs small_dense")
+    diff, low, high = _figure(row)
+    quoted = f"| {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
+    problems, _ = claims_problems(text.replace(row, row.replace(quoted, f"| {diff:+.1f} [{low:+.1f}, {high - 0.1:+.1f}] |"), 1))
+    assert any(f"holds ({diff:.1f}, {low:.1f}, {high:.1f})" in problem for problem in problems), problems
 
 
 def test_self_check_a_wrong_verdict_is_caught():
@@ -287,9 +301,10 @@ def test_self_check_a_wrong_verdict_is_caught():
 
 def test_self_check_wrong_seeds_and_unknown_comparisons_are_caught():
     text = RESULTS.read_text()
-    row = next(line for line in _claims_section(text).splitlines() if "| prune_before[plfp] vs prune_after[plfp] |" in line)
-    problems, _ = claims_problems(text.replace(row, row.replace("| 4 (0-3) |", "| 5 (0-4) |"), 1))
-    assert any("n_seeds 4" in problem for problem in problems), problems
+    row = _claim_row(text, "prune_before[plfp] vs prune_after[plfp]")
+    seeds = int(re.search(r"\| (\d+) \((\d+)-(\d+)\) \|", row).group(1))
+    problems, _ = claims_problems(text.replace(row, re.sub(r"\| \d+ \((\d+)-(\d+)\) \|", f"| {seeds + 1} (0-{seeds}) |", row), 1))
+    assert any(f"n_seeds {seeds}" in problem for problem in problems), problems
     problems, _ = claims_problems(text.replace(row, row.replace("prune_before[plfp] vs prune_after[plfp]",
                                                                  "prune_before vs prune_after"), 1))
     assert any("0 records" in problem for problem in problems), problems
