@@ -139,12 +139,11 @@ def test_int8_calibration_reads_training_images_only(pruned_checkpoint, tmp_path
     or validation image is ever read for calibration (nor for the export's checks)."""
     from reid_models.checkpoint import load_checkpoint
     from reid_models.config import Settings
-    from reid_models.data import loading
     from reid_models.stages import load_domain
 
     read = []
-    real_load = loading.load_images
-    monkeypatch.setattr(loading, "load_images", lambda paths, *a, **k: read.extend(paths) or real_load(paths, *a, **k))
+    real_load = shipping.load_images  # what the export command reads its images with
+    monkeypatch.setattr(shipping, "load_images", lambda paths, *a, **k: read.extend(paths) or real_load(paths, *a, **k))
     exported(pruned_checkpoint, tmp_path, "--quantize", "int8_ptq", "--calibration-images", "32")
     settings = Settings.model_validate(load_checkpoint(pruned_checkpoint)["settings"])
     splits = load_domain(settings.data.target, settings.data, check_images=False)
