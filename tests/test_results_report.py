@@ -23,6 +23,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "RESULTS.md"
@@ -265,22 +267,19 @@ def _figure(row: str) -> tuple[float, float, float]:
     return float(diff), float(low), float(high)
 
 
-def test_self_check_a_wrong_difference_is_caught():
+@pytest.mark.parametrize("comparison, moved", [("prune_during[plfp] vs adapt_only", "difference"),
+                                                 ("prune_during[plfp] vs small_dense", "interval")])
+def test_self_check_a_wrong_difference_or_interval_is_caught(comparison, moved):
     text = RESULTS.read_text()
-    row = _claim_row(text, "prune_during[plfp] vs adapt_only")
+    row = _claim_row(text, comparison)
     diff, low, high = _figure(row)
+    wrong_diff, wrong_high = (diff - 0.1, high) if moved == "difference" else (diff, high - 0.1)
     quoted = f"| {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
-    problems, _ = claims_problems(text.replace(row, row.replace(quoted, f"| {diff - 0.1:+.1f} [{low:+.1f}, {high:+.1f}] |"), 1))
-    assert any(f"quotes ({diff - 0.1:.1f}, {low:.1f}, {high:.1f})" in problem for problem in problems), problems
-
-
-def test_self_check_a_wrong_interval_is_caught():
-    text = RESULTS.read_text()
-    row = _claim_row(text, "prune_during[plfp] vs small_dense")
-    diff, low, high = _figure(row)
-    quoted = f"| {diff:+.1f} [{low:+.1f}, {high:+.1f}] |"
-    problems, _ = claims_problems(text.replace(row, row.replace(quoted, f"| {diff:+.1f} [{low:+.1f}, {high - 0.1:+.1f}] |"), 1))
-    assert any(f"holds ({diff:.1f}, {low:.1f}, {high:.1f})" in problem for problem in problems), problems
+    wrong = f"| {wrong_diff:+.1f} [{low:+.1f}, {wrong_high:+.1f}] |"
+    problems, _ = claims_problems(text.replace(row, row.replace(quoted, wrong), 1))
+    said = f"quotes ({wrong_diff:.1f}, {low:.1f}, {wrong_high:.1f})"
+    assert any(said in problem and f"holds ({diff:.1f}, {low:.1f}, {high:.1f})" in problem for problem in problems), \
+        problems
 
 
 def test_self_check_a_wrong_verdict_is_caught():
