@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 
 from reid_models.scenario_kinds import PRUNING_STAGES
-from reid_models.stats import verdict_text
+from reid_models.stats import setting_label, verdict_text
 
 
 def mean_rank1(rows: list[dict], **match) -> float | None:
@@ -76,9 +76,10 @@ def answers(rows: list[dict], comparisons: list[dict]) -> list[str]:
 
 
 def headline(rows: list[dict], comparisons: list[dict], how_sure: str | None) -> list[str]:
-    """The run's answer in three sentences (means over seeds, target rank-1): the best pruned model
-    against the unpruned one at the run's largest FLOPs cut, where to prune (a stage only where
-    it is resolved against every other after Holm), and how small a difference the run can see."""
+    """The run's answer in three sentences (means over seeds, target rank-1): the best model at the
+    run's largest FLOPs cut (pruned or thin) against the unpruned one, where to prune (among the
+    best stage's criterion's stages; a stage only where it is resolved against every other after
+    Holm), and how small a difference the run can see."""
     modes = [m for m in ("supervised", "unsupervised") if any(r["adaptation"] == m for r in rows)]
     pruned = [r for r in rows if r["flops_reduction"] > 0 and r["adaptation"] in modes]
     if not pruned:
@@ -89,17 +90,19 @@ def headline(rows: list[dict], comparisons: list[dict], how_sure: str | None) ->
     (name, criterion), best = max(means.items(), key=lambda item: item[1])
     gflops = statistics.mean(r["flops"] for r in pruned if r["name"] == name and r["adaptation"] == mode) / 1e9
     unpruned = mean_rank1(rows, name="adapt_only", adaptation=mode)
-    first = (f"At -{100 * reduction:.0f}% FLOPs ({mode} adaptation), the best model is {name} [{criterion}]: "
+    first = (f"At -{100 * reduction:.0f}% FLOPs ({mode} adaptation), the best model is {setting_label(name, criterion)}: "
              f"rank-1 {100 * best:.1f}% at {gflops:.2f} GFLOPs"
              + (f", against {100 * unpruned:.1f}% unpruned (adapt_only)." if unpruned is not None else "."))
+    staged = {s: value for s, value in means.items() if s[0] in PRUNING_STAGES}
+    stage_criterion = max(staged.items(), key=lambda item: item[1])[0][1] if staged else None  # the best stage's
     stage_comparisons = [c for c in comparisons if c["metric"] == "rank1" and c["kind"] == "stages"
                          and c["adaptation"] == mode and c["flops_reduction"] == reduction
-                         and c["a"].endswith(f"[{criterion}]")]
+                         and c["a"].endswith(f"[{stage_criterion}]")]
     winner = stage_winner(stage_comparisons) if stage_comparisons else None
-    means = {}
+    stage_means = {}
     for c in stage_comparisons:
-        means[c["a"]], means[c["b"]] = c["mean_a"], c["mean_b"]
-    shown = ", ".join(f"{label} {100 * value:.1f}" for label, value in sorted(means.items(), key=lambda i: -i[1]))
+        stage_means[c["a"]], stage_means[c["b"]] = c["mean_a"], c["mean_b"]
+    shown = ", ".join(f"{label} {100 * value:.1f}" for label, value in sorted(stage_means.items(), key=lambda i: -i[1]))
     if winner:
         second = f"Where to prune: {winner}, resolved against every other stage after Holm's correction ({shown})."
     elif stage_comparisons and max(c["n_seeds"] for c in stage_comparisons) < 2:

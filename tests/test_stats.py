@@ -476,7 +476,7 @@ def test_the_runs_headline_names_a_stage_only_when_it_is_resolved_against_every_
     arrays = _fake_per_query(rows)
     records = scenario_comparisons(rows, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
     first, second, third = headline(rows, records, "differences under about 9 rank-1 points are not visible")
-    assert first.startswith("At -50% FLOPs (supervised adaptation), the best model is prune_during [plfp]: rank-1 95.0%")
+    assert first.startswith("At -50% FLOPs (supervised adaptation), the best model is prune_during[plfp]: rank-1 95.0%")
     assert "against 70.0% unpruned (adapt_only)" in first
     assert second.startswith("Where to prune: prune_during[plfp], resolved against every other stage")
     assert third == "How sure: differences under about 9 rank-1 points are not visible"
@@ -485,6 +485,15 @@ def test_the_runs_headline_names_a_stage_only_when_it_is_resolved_against_every_
     arrays = _fake_per_query(equal)
     records = scenario_comparisons(equal, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
     assert headline(equal, records, None)[1].startswith("Where to prune: not resolved by this run")
+    thin_best = _grid_rows(seeds=(0, 1, 2), criteria=("plfp",))  # the thin network ahead of every pruned model
+    for row in thin_best:
+        if row["name"] == "small_dense":
+            row["rank1"] = 0.69
+    arrays = _fake_per_query(thin_best)
+    records = scenario_comparisons(thin_best, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
+    first, second, _ = headline(thin_best, records, None)
+    assert "the best model is small_dense: rank-1 69.0%" in first
+    assert second.startswith("Where to prune: not resolved by this run (")  # the stages are still compared
     one_seed = _grid_rows(seeds=(0,), criteria=("plfp",))
     arrays = _fake_per_query(one_seed)
     records = scenario_comparisons(one_seed, per_query=lambda r: arrays.get(r["id"]), metrics=("rank1",)).to_dict("records")
