@@ -196,24 +196,22 @@ def _shipped_table(shipped) -> Table:
 def _print_results(settings, paths: dict) -> None:
     import pandas as pd
 
-    from reid_models.report import load_results
+    from reid_models.answer import headline
+    from reid_models.report import load_comparisons, load_resolution, load_results
     from tasks.tracking import ui_command, ui_url
 
-    console.print(_results_table(load_results(Path(paths["csv"]).parent)))
+    report_dir = Path(paths["csv"]).parent
+    results = load_results(report_dir)
+    console.print(_results_table(results))
     shipped_csv = Path(paths["csv"]).with_name("shipped.csv")
     if shipped_csv.is_file() and (shipped := pd.read_csv(shipped_csv))["shipped_as"].nunique() > 1:
         console.print(_shipped_table(shipped))
     console.print(f"results: {paths['csv']}   plot: {paths['plot']}   summary: {paths['summary']}")
-    from reid_models.report import load_resolution
-
-    if resolution := load_resolution(Path(paths["csv"]).parent):
+    if resolution := load_resolution(report_dir):
         console.print(f"How sure: {resolution['line']}")
-    from reid_models.answer import headline
-    from reid_models.report import load_comparisons
-
-    rows = load_results(Path(paths["csv"]).parent).rename(columns={"scenario": "name"}).to_dict("records")
-    comparisons = load_comparisons(Path(paths["csv"]).parent)
-    for sentence in headline(rows, [] if comparisons is None else comparisons.to_dict("records"),
+    comparisons = load_comparisons(report_dir)
+    for sentence in headline(results.rename(columns={"scenario": "name"}).to_dict("records"),
+                             [] if comparisons is None else comparisons.to_dict("records"),
                              resolution["line"] if resolution else None)[:2]:  # the third is "How sure" above
         console.print(sentence, style="bold", markup=False)
     console.print(f"MLflow UI: [bold]{ui_command(settings)}[/]  then open {ui_url(settings)}")

@@ -96,8 +96,7 @@ def scenario_grid(settings: Settings, source: str, parent_run_id: str | None) ->
                 rows.append(future.result())
             except Exception as error:  # noqa: BLE001 -- reported, and the command exits non-zero
                 log.error("scenario %s failed: %s", scenario.key, error)
-                failed.append({"scenario": scenario.key, "error": str(error).splitlines()[0] if str(error)
-                               else type(error).__name__})
+                failed.append({"scenario": scenario.key, "error": (str(error) or type(error).__name__).splitlines()[0]})
         return {"rows": rows, "failed": failed}
 
 
